@@ -1,0 +1,159 @@
+//! Command-line surface: flags, subcommand dispatch, logging and signal wiring.
+//!
+//! Settings are layered (see `flotilla::config`): every subcommand reads `--config` and the
+//! `FLOTILLA_*` environment, then applies its own flags on top.
+
+mod bench;
+mod demo;
+mod predict;
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use flotilla::config::WorkerConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about = "Inference worker fleet on NATS")]
+pub struct Args {
+    /// Log format: human-readable text, or one JSON object per line for log shippers.
+    /// Levels come from RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve models: answer predictions on <prefix>.predict.<model>.
+    Worker(worker::WorkerArgs),
+    /// Send one prediction request and print the reply as JSON.
+    Predict(predict::PredictArgs),
+    /// Closed-loop load test of a model (and, with --echo, of the bare broker).
+    Bench(bench::BenchArgs),
+    /// Start a local fleet (and a nats-server if none answers) and send it predictions.
+    Demo(demo::DemoArgs),
+}
+
+/// How to reach NATS; shared by every subcommand. Anything not given here comes from the
+/// `[nats]` table of `--config` or `FLOTILLA_NATS_*` variables.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222].
+    #[arg(long = "nats", value_name = "URL")]
+    pub url: Option<String>,
+    /// Settings file (TOML), e.g. config/worker.toml.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// NATS user (with --nats-password).
+    #[arg(long)]
+    pub nats_user: Option<String>,
+    /// NATS password (prefer FLOTILLA_NATS_PASSWORD: flags show up in `ps`).
+    #[arg(long)]
+    pub nats_password: Option<String>,
+    /// NATS token (prefer FLOTILLA_NATS_TOKEN).
+    #[arg(long)]
+    pub nats_token: Option<String>,
+    /// NATS credentials file (.creds).
+    #[arg(long, value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate to verify the NATS server with.
+    #[arg(long, value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// Settings from defaults, `--config`, the environment, then these flags.
+    pub fn settings(&self) -> anyhow::Result<WorkerConfig> {
+        let mut config = WorkerConfig::load(self.config.as_deref(), std::env::vars())?;
+        let nats = &mut config.nats;
+        if let Some(url) = &self.url {
+            nats.url = url.clone();
+        }
+        if self.nats_user.is_some() {
+            nats.user = self.nats_user.clone();
+        }
+        if self.nats_password.is_some() {
+            nats.password = self.nats_password.clone();
+        }
+        if self.nats_token.is_some() {
+            nats.token = self.nats_token.clone();
+        }
+        if self.nats_creds.is_some() {
+            nats.creds_file = self.nats_creds.clone();
+        }
+        if self.nats_tls_ca.is_some() {
+            nats.tls_ca = self.nats_tls_ca.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Logs to stderr (stdout is for command output). Long-running commands log at `info` by
+/// default, one-shot ones only warnings; `RUST_LOG` overrides both.
+pub fn init_tracing(args: &Args) {
+    let default = match args.command {
+        Command::Worker(_) | Command::Demo(_) => "info,async_nats=warn",
+        Command::Predict(_) | Command::Bench(_) => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Worker(a) => worker::run(a, shutdown_on_signal()).await,
+        Command::Predict(a) => predict::run(a).await,
+        Command::Bench(a) => bench::run(a).await,
+        Command::Demo(a) => demo::run(a, shutdown_on_signal()).await,
+    }
+}
+
+/// A token cancelled on the first SIGTERM or Ctrl-C.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => tracing::info!("shutdown: Ctrl-C received"),
+                        _ = term.recv() => tracing::info!("shutdown: SIGTERM received"),
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+            tracing::info!("shutdown: Ctrl-C received");
+        }
+        cancel.cancel();
+    });
+    token
+}
