@@ -1,1 +1,98 @@
-fn main(){}
+//! JSON against MessagePack on the wire: decoding a predict request (`PredictRequest::decode`,
+//! which also checks every value) and encoding a reply, for a one-row request and a 256-row
+//! batch-sized one.
+//!
+//! Values are full-precision pseudo-random floats, as a client sending float64 features
+//! writes them: the expensive case for JSON, whose numbers are text.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use flotilla::protocol::{Encoding, Label, MatrixRef, PredictReply, PredictRequest, YPred};
+
+/// (name, rows, features) of each request size.
+const REQUESTS: [(&str, usize, usize); 2] = [("1x10", 1, 10), ("256x64", 256, 64)];
+/// (name, rows, outputs, classifier) of each reply size.
+const REPLIES: [(&str, usize, usize, bool); 2] = [("1x1", 1, 1, false), ("256x10", 256, 10, true)];
+
+const ENCODINGS: [(&str, Encoding); 2] = [("json", Encoding::Json), ("msgpack", Encoding::MsgPack)];
+
+/// Deterministic values in `[-1, 1)` from a 64-bit LCG, so every run encodes the same bytes.
+fn values(n: usize, seed: u64) -> Vec<f64> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode_request");
+    for (size, rows, features) in REQUESTS {
+        let matrix: Vec<Vec<f64>> = values(rows * features, 1)
+            .chunks(features)
+            .map(<[f64]>::to_vec)
+            .collect();
+        for (name, encoding) in ENCODINGS {
+            let body = PredictRequest::encode(encoding, &matrix, Some("bench"));
+            let decoded = PredictRequest::decode(encoding, &body).expect("a valid request");
+            assert_eq!(
+                (decoded.inputs.rows, decoded.inputs.features),
+                (rows, features)
+            );
+            assert_eq!(decoded.inputs.values, matrix.concat(), "{name} round trip");
+            group.throughput(Throughput::Bytes(body.len() as u64));
+            group.bench_with_input(BenchmarkId::new(name, size), &body, |b, body| {
+                b.iter(|| PredictRequest::decode(encoding, black_box(body)))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode_reply");
+    for (size, rows, outputs, classifier) in REPLIES {
+        let block = values(rows * outputs, 2);
+        let labels: Vec<Label> = (0..rows as u64).map(|i| Label::Index(i % 10)).collect();
+        let reply = PredictReply {
+            outputs: MatrixRef {
+                values: &block,
+                cols: outputs,
+            },
+            labels: classifier.then_some(&labels[..]),
+            model: "bench",
+            version: 1,
+            id: Some("bench"),
+            // The one-row case is the `x` form, whose reply also carries `y_pred`.
+            y_pred: (rows == 1).then(|| YPred::Scalar(block[0])),
+        };
+        for (name, encoding) in ENCODINGS {
+            let bytes = encoding.encode(&reply).expect("a reply encodes").len();
+            group.throughput(Throughput::Bytes(bytes as u64));
+            group.bench_with_input(BenchmarkId::new(name, size), &reply, |b, reply| {
+                b.iter(|| encoding.encode(black_box(reply)))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = decode, encode
+}
+criterion_main!(benches);

@@ -85,12 +85,19 @@ pub async fn run_load(client: &Client, model: &str, target: &str, spec: &LoadSpe
             // A few distinct bodies, encoded up front, so the loop measures the fleet, not us.
             let bodies: Vec<_> = (0..8)
                 .map(|k| {
-                    PredictRequest::encode(spec.encoding, &rows(spec.rows, spec.features, t * 8 + k), None)
+                    PredictRequest::encode(
+                        spec.encoding,
+                        &rows(spec.rows, spec.features, t * 8 + k),
+                        None,
+                    )
                 })
                 .collect();
             while Instant::now() < deadline {
                 let sent = Instant::now();
-                match client.request(&model, bodies[i % bodies.len()].clone(), request).await {
+                match client
+                    .request(&model, bodies[i % bodies.len()].clone(), request)
+                    .await
+                {
                     Ok(_) => latencies.push(sent.elapsed()),
                     Err(e) => *errors.entry(error_name(&e)).or_default() += 1,
                 }

@@ -10,7 +10,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use crate::protocol::{
-    self, parse_error_reply, predict_subject, Encoding, ErrorKind, Prediction, PredictRequest,
+    self, parse_error_reply, predict_subject, Encoding, ErrorKind, PredictRequest, Prediction,
     ServiceError, CONTENT_TYPE, TIMEOUT_HEADER, VERSION_HEADER,
 };
 

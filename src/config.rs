@@ -200,10 +200,16 @@ impl NatsConfig {
             return Err(invalid("nats.url", "is empty"));
         }
         if self.user.is_some() != self.password.is_some() {
-            return Err(invalid("nats.user", "user and password must be set together"));
+            return Err(invalid(
+                "nats.user",
+                "user and password must be set together",
+            ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(invalid("nats.tls_cert", "tls_cert and tls_key must be set together"));
+            return Err(invalid(
+                "nats.tls_cert",
+                "tls_cert and tls_key must be set together",
+            ));
         }
         Ok(())
     }
@@ -216,8 +222,12 @@ impl NatsConfig {
             .connection_timeout(Duration::from_secs(self.connect_timeout_secs.max(1)))
             .event_callback(|event| async move {
                 match event {
-                    async_nats::Event::Connected => tracing::info!("NATS connection (re)established"),
-                    async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+                    async_nats::Event::Connected => {
+                        tracing::info!("NATS connection (re)established")
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS connection lost; reconnecting")
+                    }
                     async_nats::Event::Closed => tracing::info!("NATS connection closed"),
                     other => tracing::warn!(event = %other, "NATS event"),
                 }
@@ -269,7 +279,9 @@ fn check_subject_tokens(key: &str, subject: &str) -> Result<(), ConfigError> {
     if bad {
         return Err(invalid(
             key,
-            format!("{subject:?} is not a valid subject prefix (dot-separated words, no wildcards)"),
+            format!(
+                "{subject:?} is not a valid subject prefix (dot-separated words, no wildcards)"
+            ),
         ));
     }
     Ok(())
@@ -308,8 +320,11 @@ fn overlay_env(
         // Strings stay strings where a setting is textual, e.g. FLOTILLA_NATS_TOKEN=123.
         let value = match (&value, field.as_str()) {
             (toml::Value::String(_), _) => value,
-            (_, "url" | "user" | "password" | "token" | "nkey_seed" | "subject_prefix"
-                | "queue_group" | "metrics_addr") => toml::Value::String(raw),
+            (
+                _,
+                "url" | "user" | "password" | "token" | "nkey_seed" | "subject_prefix"
+                | "queue_group" | "metrics_addr",
+            ) => toml::Value::String(raw),
             _ => value,
         };
         target.insert(field, value);
@@ -341,11 +356,11 @@ mod tests {
         assert_eq!(c.nats.url, "nats://10.0.0.1:4222");
         assert_eq!(c.nats.token.as_deref(), Some("123"));
 
-        let err = WorkerConfig::load(None, [("FLOTILLA_MAX_QUEUE_ROWS".into(), "0".into())])
-            .unwrap_err();
+        let err =
+            WorkerConfig::load(None, [("FLOTILLA_MAX_QUEUE_ROWS".into(), "0".into())]).unwrap_err();
         assert!(err.to_string().contains("max_queue_rows"), "{err}");
-        let err = WorkerConfig::load(None, [("FLOTILLA_MAX_BACH_ROWS".into(), "1".into())])
-            .unwrap_err();
+        let err =
+            WorkerConfig::load(None, [("FLOTILLA_MAX_BACH_ROWS".into(), "1".into())]).unwrap_err();
         assert!(err.to_string().contains("max_bach_rows"), "{err}");
     }
 }

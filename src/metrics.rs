@@ -36,10 +36,11 @@ pub struct Metrics {
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
-const ROW_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+const ROW_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -87,13 +88,18 @@ impl Metrics {
             &["model", "version", "code"],
         )
         .expect("valid counter");
-        registry.register(Box::new(requests.clone())).expect("unique name");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("unique name");
         let gauge = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["model"]).expect("valid gauge");
             registry.register(Box::new(g.clone())).expect("unique name");
             g
         };
-        let queue_rows = gauge("flotilla_queue_rows", "Rows admitted and waiting for a batch.");
+        let queue_rows = gauge(
+            "flotilla_queue_rows",
+            "Rows admitted and waiting for a batch.",
+        );
         let model_version = gauge("flotilla_model_version", "Model version being served.");
         Metrics {
             registry,
@@ -184,9 +190,12 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, health: &Health) -> st
     let mut len = 0;
     // Read until the end of the request head; scrapers send no body.
     let head_end = loop {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf[len..]))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "slow client"))??;
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read(&mut buf[len..]),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "slow client"))??;
         if n == 0 {
             return Ok(());
         }
@@ -213,7 +222,11 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, health: &Health) -> st
             Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
             Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
         },
-        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics, /healthz or /readyz\n".into()),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, /healthz or /readyz\n".into(),
+        ),
         _ => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
     };
     let response = format!(

@@ -104,12 +104,15 @@ impl Encoding {
 /// The encoding of an error reply: the request's, unless its body is not even well-formed
 /// MessagePack, in which case JSON (the contract's rule for undecodable requests).
 pub fn error_encoding(request: Encoding, body: &[u8]) -> Encoding {
+    if request == Encoding::Json {
+        return Encoding::Json;
+    }
     let mut rest = body;
-    match request {
-        Encoding::MsgPack if rmpv::decode::read_value(&mut rest).is_err() || !rest.is_empty() => {
-            Encoding::Json
-        }
-        other => other,
+    let well_formed = IgnoredAny::deserialize(&mut rmp_serde::Deserializer::new(&mut rest)).is_ok();
+    if well_formed && rest.is_empty() {
+        Encoding::MsgPack
+    } else {
+        Encoding::Json
     }
 }
 
@@ -372,10 +375,10 @@ impl<'de> Visitor<'de> for RawVisitor {
                     raw.x = Some(rows);
                 }
                 "id" => {
-                    raw.id = Some(
-                        map.next_value::<String>()
-                            .map_err(|e| de::Error::custom(format!("\"id\" must be a string ({e})")))?,
-                    )
+                    raw.id =
+                        Some(map.next_value::<String>().map_err(|e| {
+                            de::Error::custom(format!("\"id\" must be a string ({e})"))
+                        })?)
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -540,7 +543,10 @@ impl NumberSeed<'_> {
         }
     }
     fn not_a_number<E: de::Error>(&self, what: impl fmt::Display) -> E {
-        E::custom(format!("{}[{}] is {what}, not a number", self.field, self.col))
+        E::custom(format!(
+            "{}[{}] is {what}, not a number",
+            self.field, self.col
+        ))
     }
 }
 
@@ -745,7 +751,11 @@ mod tests {
     fn errors_name_the_position() {
         let e = json(r#"{"inputs": [[1, 2], [3]]}"#).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadRequest);
-        assert!(e.message.contains("inputs[1] has 1 values"), "{}", e.message);
+        assert!(
+            e.message.contains("inputs[1] has 1 values"),
+            "{}",
+            e.message
+        );
         let e = json(r#"{"inputs": [[1, "NaN"]]}"#).unwrap_err();
         assert!(e.message.contains("inputs[0][1]"), "{}", e.message);
         let e = json(r#"{"x": [1, true]}"#).unwrap_err();
@@ -778,6 +788,19 @@ mod tests {
         for enc in [Encoding::Json, Encoding::MsgPack] {
             let (h, b) = error_reply(enc, &err);
             assert_eq!(parse_error_reply(Some(&h), &b), Some(err.clone()));
+        }
+    }
+
+    #[test]
+    fn undecodable_msgpack_is_answered_in_json() {
+        let good = PredictRequest::encode(Encoding::MsgPack, &[vec![1.0]], None);
+        assert_eq!(error_encoding(Encoding::MsgPack, &good), Encoding::MsgPack);
+        for bad in [&[0xc1u8][..], &[0x81, 0xa6], &good[..good.len() - 1]] {
+            assert_eq!(
+                error_encoding(Encoding::MsgPack, bad),
+                Encoding::Json,
+                "{bad:?}"
+            );
         }
     }
 

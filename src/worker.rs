@@ -46,7 +46,9 @@ pub enum WorkerError {
     },
     #[error("building the compute pool: {0}")]
     Pool(#[from] rayon::ThreadPoolBuildError),
-    #[error("no models to serve; pass --model NAME=PATH or list them under [models] in the config")]
+    #[error(
+        "no models to serve; pass --model NAME=PATH or list them under [models] in the config"
+    )]
     NoModels,
     #[error("model name: {0}")]
     ModelName(String),
@@ -349,7 +351,7 @@ async fn read_loop(
             continue;
         };
         if message.payload.len() <= shared.settings.inline_decode_bytes {
-            if let Err(out) = admit(&shared.settings, &slot, &queue, message, reply, received) {
+            if let Some(out) = admit(&shared.settings, &slot, &queue, message, reply, received) {
                 publish(&shared.client, &slot, out).await;
             }
             continue;
@@ -378,18 +380,21 @@ async fn read_loop(
         let (settings, job_slot, job_queue) = (shared.settings, slot.clone(), queue.clone());
         shared.pool.spawn(move || {
             let _permit = permit;
-            let _ = tx.send(admit(&settings, &job_slot, &job_queue, message, reply, received));
+            let _ = tx.send(admit(
+                &settings, &job_slot, &job_queue, message, reply, received,
+            ));
         });
         let (client, slot) = (shared.client.clone(), slot.clone());
         tokio::spawn(async move {
-            if let Ok(Err(out)) = rx.await {
+            if let Ok(Some(out)) = rx.await {
                 publish(&client, &slot, out).await;
             }
         });
     }
 }
 
-/// Decodes and checks a request, then queues it; or says what to answer instead.
+/// Decodes and checks a request, then queues it. Returns the reply to send at once when the
+/// request is refused.
 fn admit(
     settings: &Settings,
     slot: &Slot,
@@ -397,24 +402,32 @@ fn admit(
     message: async_nats::Message,
     reply: Subject,
     received: Instant,
-) -> Result<(), Outgoing> {
+) -> Option<Outgoing> {
+    let refused = enqueue(settings, slot, queue, &message, &reply, received).err()?;
+    let (encoding, err) = refused;
+    Some(Outgoing::error(reply, encoding, &err, received))
+}
+
+/// Queues the request or says why not, and in which encoding to say it.
+fn enqueue(
+    settings: &Settings,
+    slot: &Slot,
+    queue: &batch::Queue<Job>,
+    message: &async_nats::Message,
+    reply: &Subject,
+    received: Instant,
+) -> Result<(), (Encoding, ServiceError)> {
     let headers = message.headers.as_ref();
-    let encoding = Encoding::detect(headers, &message.payload);
-    let encoding_or_json = *encoding.as_ref().unwrap_or(&Encoding::Json);
-    let refuse = |err: ServiceError| Outgoing::error(reply.clone(), encoding_or_json, &err, received);
-    let encoding = encoding.map_err(refuse)?;
-    let checked = check(settings, slot, headers, encoding, &message.payload);
-    let (request, options) = checked.map_err(|err| {
-        let enc = protocol::error_encoding(encoding, &message.payload);
-        Outgoing::error(reply.clone(), enc, &err, received)
-    })?;
-    let deadline = options
-        .timeout_ms
-        .map(|ms| received + Duration::from_millis(ms));
+    let encoding =
+        Encoding::detect(headers, &message.payload).map_err(|err| (Encoding::Json, err))?;
+    let (request, options) = check(settings, slot, headers, encoding, &message.payload)
+        .map_err(|err| (protocol::error_encoding(encoding, &message.payload), err))?;
     let entry = Entry {
         rows: request.inputs.rows,
         arrived: received,
-        deadline,
+        deadline: options
+            .timeout_ms
+            .map(|ms| received + Duration::from_millis(ms)),
         item: Job {
             reply: reply.clone(),
             encoding,
@@ -427,15 +440,18 @@ fn admit(
             slot.queue_rows.set(queue.queued_rows() as i64);
             Ok(())
         }
-        Err(full) => Err(refuse(ServiceError::new(
-            ErrorKind::Overloaded,
-            format!(
-                "model {:?} is overloaded: {} rows already queued (max_queue_rows {}); retry, another worker may take it",
-                slot.name,
-                full.queued_rows,
-                queue.max_queue_rows()
+        Err(full) => Err((
+            encoding,
+            ServiceError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "model {:?} is overloaded: {} rows already queued (max_queue_rows {}); retry, another worker may take it",
+                    slot.name,
+                    full.queued_rows,
+                    queue.max_queue_rows()
+                ),
             ),
-        ))),
+        )),
     }
 }
 
@@ -497,7 +513,7 @@ fn check_features(request: &PredictRequest, model: &Model, name: &str) -> Result
 async fn batch_loop(shared: Shared, slot: Arc<Slot>, mut batcher: batch::Batcher<Job>) {
     while let Some(batch) = batcher.next_batch().await {
         let formed = Instant::now();
-        slot.queue_rows.sub(batch.taken_rows() as i64);
+        slot.queue_rows.set(batcher.queued_rows() as i64);
         let Batch {
             entries, expired, ..
         } = batch;
@@ -630,9 +646,12 @@ fn encode_reply(served: &ServedModel, job: Job, block: &[f64], received: Instant
         ));
         return Outgoing::error(job.reply, job.encoding, &err, received);
     }
-    let labels: Option<Vec<Label>> = model
-        .is_classifier()
-        .then(|| block.chunks(outputs).filter_map(|row| model.label(row)).collect());
+    let labels: Option<Vec<Label>> = model.is_classifier().then(|| {
+        block
+            .chunks(outputs)
+            .filter_map(|row| model.label(row))
+            .collect()
+    });
     let y_pred = job.request.single.then(|| {
         if outputs == 1 {
             YPred::Scalar(block[0])

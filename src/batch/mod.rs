@@ -117,6 +117,11 @@ pub fn channel<T>(limits: Limits) -> (Queue<T>, Batcher<T>) {
 }
 
 impl<T> Batcher<T> {
+    /// Rows admitted and not yet taken into a batch.
+    pub fn queued_rows(&self) -> usize {
+        self.queued_rows.load(Ordering::Acquire)
+    }
+
     /// Waits for the next batch. Returns `None` once every [`Queue`] is dropped and all that
     /// was admitted has been handed out.
     pub async fn next_batch(&mut self) -> Option<Batch<T>> {

@@ -87,8 +87,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let echo_name = format!("bench-echo-{}", nuid::next());
         // Its own connection, like a separate responder process.
         let echo_nats = settings.nats.connect("flotilla-bench-echo").await?;
-        let echo = bench::start_echo(echo_nats, &settings.subject_prefix, &echo_name, stop.clone())
-            .await?;
+        let echo = bench::start_echo(
+            echo_nats,
+            &settings.subject_prefix,
+            &echo_name,
+            stop.clone(),
+        )
+        .await?;
         bench::run_load(&client, &echo_name, "echo", &warm).await;
         bench::run_load(&client, &args.model, &args.model, &warm).await;
         let mut throughput = Vec::new();
@@ -113,7 +118,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 serde_json::json!({"reports": reports, "median_throughput_ratio": t, "median_p99_ratio": p})
             );
         } else {
-            println!("median model/echo throughput ratio: {t:.3}   median model/echo p99 ratio: {p:.3}");
+            println!(
+                "median model/echo throughput ratio: {t:.3}   median model/echo p99 ratio: {p:.3}"
+            );
         }
     } else {
         bench::run_load(&client, &args.model, &args.model, &warm).await;

@@ -66,10 +66,22 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     let mut metrics_addrs = Vec::new();
     for _ in 0..2 {
         let addr = format!("127.0.0.1:{}", free_port()?);
-        workers.push(spawn_worker(&settings.nats.url, &model_flags, &addr, args.nats.config.as_deref())?);
+        workers.push(spawn_worker(
+            &settings.nats.url,
+            &model_flags,
+            &addr,
+            args.nats.config.as_deref(),
+        )?);
         metrics_addrs.push(addr);
     }
-    let outcome = demo(&nats, &settings.subject_prefix, &metrics_addrs, args.once, &shutdown).await;
+    let outcome = demo(
+        &nats,
+        &settings.subject_prefix,
+        &metrics_addrs,
+        args.once,
+        &shutdown,
+    )
+    .await;
     println!("Stopping the workers");
     for child in &mut workers {
         if let Some(pid) = child.id() {
@@ -101,9 +113,15 @@ async fn demo(
     println!("Two workers are serving linear, iris and iris-mlp\n");
     let client = Client::new(nats.clone()).with_prefix(prefix);
     let requests: [(&str, Vec<Vec<f64>>); 3] = [
-        ("iris", vec![vec![5.1, 3.5, 1.4, 0.2], vec![6.7, 3.0, 5.2, 2.3]]),
+        (
+            "iris",
+            vec![vec![5.1, 3.5, 1.4, 0.2], vec![6.7, 3.0, 5.2, 2.3]],
+        ),
         ("iris-mlp", vec![vec![5.9, 3.0, 4.2, 1.5]]),
-        ("linear", vec![vec![0.5, -1.0, 0.3, 0.0, 1.2, -0.7, 0.1, 0.9, -0.2, 0.4]]),
+        (
+            "linear",
+            vec![vec![0.5, -1.0, 0.3, 0.0, 1.2, -0.7, 0.1, 0.9, -0.2, 0.4]],
+        ),
     ];
     for (model, rows) in requests {
         let reply = client.predict(model, &rows).await?;
@@ -115,11 +133,24 @@ async fn demo(
                 reply.outputs,
                 reply.version
             ),
-            None => println!("  -> outputs {:.3?} (version {})", reply.outputs, reply.version),
+            None => println!(
+                "  -> outputs {:.3?} (version {})",
+                reply.outputs, reply.version
+            ),
         }
     }
-    println!("\nMetrics: {}", metrics_addrs.iter().map(|a| format!("http://{a}/metrics")).collect::<Vec<_>>().join("  "));
-    println!("Try: cargo run --release -- predict iris --x 5.1,3.5,1.4,0.2 --nats {}", nats_url_hint(nats));
+    println!(
+        "\nMetrics: {}",
+        metrics_addrs
+            .iter()
+            .map(|a| format!("http://{a}/metrics"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
+    println!(
+        "Try: cargo run --release -- predict iris --x 5.1,3.5,1.4,0.2 --nats {}",
+        nats_url_hint(nats)
+    );
     if !once {
         println!("Press Ctrl-C to stop.");
         shutdown.cancelled().await;
@@ -132,10 +163,17 @@ fn nats_url_hint(nats: &async_nats::Client) -> String {
     format!("nats://{}:{}", info.host, info.port)
 }
 
-fn spawn_worker(url: &str, models: &[String], metrics_addr: &str, config: Option<&Path>) -> anyhow::Result<Child> {
+fn spawn_worker(
+    url: &str,
+    models: &[String],
+    metrics_addr: &str,
+    config: Option<&Path>,
+) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("finding the flotilla executable")?;
     let mut command = Command::new(exe);
-    command.arg("worker").args(["--nats", url, "--metrics-addr", metrics_addr]);
+    command
+        .arg("worker")
+        .args(["--nats", url, "--metrics-addr", metrics_addr]);
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }
@@ -151,7 +189,9 @@ async fn wait_ready(addr: &str) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
         if let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await {
-            let _ = stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let _ = stream
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await;
             let mut response = String::new();
             let _ = stream.read_to_string(&mut response).await;
             if response.starts_with("HTTP/1.1 200") {
@@ -164,5 +204,7 @@ async fn wait_ready(addr: &str) -> anyhow::Result<()> {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

@@ -50,7 +50,9 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
         });
     }
     if models.is_empty() {
-        anyhow::bail!("no models to serve; pass --model NAME=PATH or list them under [models] in --config");
+        anyhow::bail!(
+            "no models to serve; pass --model NAME=PATH or list them under [models] in --config"
+        );
     }
 
     let metrics = Metrics::new();

@@ -173,10 +173,7 @@ impl Model {
                         format!("is {}; every std must be greater than zero", sc.std[i]),
                     ));
                 }
-                Some((
-                    Array1::from(sc.mean.clone()),
-                    Array1::from(sc.std.clone()),
-                ))
+                Some((Array1::from(sc.mean.clone()), Array1::from(sc.std.clone())))
             }
         };
         if artifact.layers.is_empty() {
@@ -197,7 +194,10 @@ impl Model {
             }
             let units = spec.bias.len();
             if units == 0 {
-                return Err(invalid(field("bias"), "is empty; a layer needs at least one unit"));
+                return Err(invalid(
+                    field("bias"),
+                    "is empty; a layer needs at least one unit",
+                ));
             }
             let mut flat = Vec::with_capacity(width * units);
             for (r, row) in spec.weights.iter().enumerate() {
@@ -220,8 +220,8 @@ impl Model {
                     ),
                 )
             })?;
-            let weights = Array2::from_shape_vec((width, units), flat)
-                .expect("shape checked above");
+            let weights =
+                Array2::from_shape_vec((width, units), flat).expect("shape checked above");
             layers.push(Layer {
                 weights,
                 bias: Array1::from(spec.bias.clone()),
@@ -232,7 +232,10 @@ impl Model {
         if width != artifact.outputs {
             return Err(invalid(
                 "outputs",
-                format!("is {} but the last layer has {width} units", artifact.outputs),
+                format!(
+                    "is {} but the last layer has {width} units",
+                    artifact.outputs
+                ),
             ));
         }
         if let Some(labels) = &artifact.labels {
@@ -243,11 +246,18 @@ impl Model {
                     "only classifiers (last activation sigmoid or softmax) have labels",
                 ));
             }
-            let classes = if artifact.outputs == 1 { 2 } else { artifact.outputs };
+            let classes = if artifact.outputs == 1 {
+                2
+            } else {
+                artifact.outputs
+            };
             if labels.len() != classes {
                 return Err(invalid(
                     "labels",
-                    format!("has {} labels but the model has {classes} classes", labels.len()),
+                    format!(
+                        "has {} labels but the model has {classes} classes",
+                        labels.len()
+                    ),
                 ));
             }
         }
@@ -295,7 +305,9 @@ impl Model {
     pub fn forward(&self, x: ArrayView2<f64>) -> Array2<f64> {
         assert_eq!(x.ncols(), self.inputs, "caller checks the feature count");
         let rows = x.nrows();
-        let tasks = rows.div_ceil(ROWS_PER_TASK).min(rayon::current_num_threads());
+        let tasks = rows
+            .div_ceil(ROWS_PER_TASK)
+            .min(rayon::current_num_threads());
         if tasks <= 1 {
             return self.forward_chunk(x);
         }
@@ -385,7 +397,10 @@ mod tests {
         for (j, zj) in z.iter().enumerate() {
             assert!((out[[0, j]] - zj.exp() / sum).abs() < 1e-12);
         }
-        assert_eq!(m.label(out.row(0).as_slice().unwrap()), Some(Label::Name("b".into())));
+        assert_eq!(
+            m.label(out.row(0).as_slice().unwrap()),
+            Some(Label::Name("b".into()))
+        );
         assert_eq!(m.artifact().extra["future_key"], 7);
     }
 
@@ -393,7 +408,10 @@ mod tests {
     fn split_batches_equal_one_piece() {
         let m = Model::from_bytes(iris_json().as_bytes()).unwrap();
         let x = Array2::from_shape_fn((1000, 2), |(r, c)| (r * 7 + c * 3) as f64 % 11.0);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
         let split = pool.install(|| m.forward(x.view()));
         let whole = m.forward_chunk(x.view());
         assert_eq!(split, whole);
@@ -402,13 +420,33 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let cases = [
-            (r#""format": "flotilla.model.v1""#, r#""format": "v9""#, "format"),
-            (r#""std": [2.0, 4.0]"#, r#""std": [2.0, 0.0]"#, "scaler.std[1]"),
-            (r#"[[1, 0, -1], [0, 1, 1]]"#, r#"[[1, 0, -1], [0, 1]]"#, "layers[0].weights[1]"),
-            (r#""activation": "softmax""#, r#""activation": "gelu""#, "layers[0].activation"),
+            (
+                r#""format": "flotilla.model.v1""#,
+                r#""format": "v9""#,
+                "format",
+            ),
+            (
+                r#""std": [2.0, 4.0]"#,
+                r#""std": [2.0, 0.0]"#,
+                "scaler.std[1]",
+            ),
+            (
+                r#"[[1, 0, -1], [0, 1, 1]]"#,
+                r#"[[1, 0, -1], [0, 1]]"#,
+                "layers[0].weights[1]",
+            ),
+            (
+                r#""activation": "softmax""#,
+                r#""activation": "gelu""#,
+                "layers[0].activation",
+            ),
             (r#""outputs": 3"#, r#""outputs": 4"#, "outputs"),
             (r#""mean": [1.0, 2.0]"#, r#""mean": [1.0]"#, "scaler.mean"),
-            (r#""bias": [0, 0.5, 0]"#, r#""bias": [0, 0.5, 1e999]"#, "invalid JSON"),
+            (
+                r#""bias": [0, 0.5, 0]"#,
+                r#""bias": [0, 0.5, 1e999]"#,
+                "invalid JSON",
+            ),
         ];
         for (from, to, field) in cases {
             let text = iris_json().replace(from, to);

@@ -1,0 +1,10 @@
+//! End-to-end tests of the fleet against a real nats-server (one per test, on a free port).
+//! One binary for all of them, so it links once.
+
+mod support;
+
+mod cli;
+mod discovery;
+mod errors;
+mod load;
+mod predict;
