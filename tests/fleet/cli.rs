@@ -94,3 +94,148 @@ async fn worker_refuses_bad_flags_with_a_clear_message() {
     let out = flotilla(&["worker", "--model", "iris=models/nope.json"]).await;
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.json"));
 }
+
+#[tokio::test]
+async fn demo_starts_a_fleet_and_prints_predictions() {
+    let server = server();
+    let out = tokio::time::timeout(
+        WAIT * 3,
+        flotilla(&["demo", "--once", "--nats", &server.url()]),
+    )
+    .await
+    .expect("demo did not finish");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("Using the NATS server at {}", server.url())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Two workers are serving"), "{stdout}");
+    assert!(
+        stdout.contains("setosa") && stdout.contains("virginica"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("/metrics"), "{stdout}");
+}
+
+#[tokio::test]
+async fn demo_starts_its_own_nats_server_when_none_answers() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let out = tokio::time::timeout(WAIT * 3, flotilla(&["demo", "--once", "--nats", &url]))
+        .await
+        .expect("demo did not finish");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("starting nats-server"), "{stdout}");
+    assert!(stdout.contains("setosa"), "{stdout}");
+}
+
+#[tokio::test]
+async fn worker_process_serves_metrics_health_and_readiness() {
+    let server = server();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "worker",
+            "--nats",
+            &server.url(),
+            "--metrics-addr",
+            &addr,
+            "--log-format",
+            "json",
+        ])
+        .arg("--model")
+        .arg(format!("iris={}", repo_path("models/iris.json").display()))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let get = |path: &'static str| {
+        let addr = addr.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                .await
+                .ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).await.ok()?;
+            Some(text)
+        }
+    };
+    tokio::time::timeout(WAIT, async {
+        while !get("/readyz")
+            .await
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("never ready");
+    assert!(get("/healthz").await.unwrap().starts_with("HTTP/1.1 200"));
+    assert!(get("/nope").await.unwrap().starts_with("HTTP/1.1 404"));
+
+    let nats = connect(&server).await;
+    request(&nats, "iris", &[], r#"{"x": [5.5, 3.5, 1.3, 0.2]}"#).await;
+    request(&nats, "iris", &[], r#"{"x": [5.5]}"#).await;
+    let metrics = get("/metrics").await.unwrap();
+    for needle in [
+        "flotilla_requests_total{code=\"200\",model=\"iris\",version=\"1\"} 1",
+        "flotilla_requests_total{code=\"400\",model=\"iris\",version=\"1\"} 1",
+        "flotilla_request_duration_seconds_count{model=\"iris\"} 2",
+        "flotilla_queue_duration_seconds_count{model=\"iris\"} 1",
+        "flotilla_compute_duration_seconds_count{model=\"iris\"} 1",
+        "flotilla_batch_rows_sum{model=\"iris\"} 1",
+        "flotilla_queue_rows{model=\"iris\"} 0",
+        "flotilla_model_version{model=\"iris\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
+    }
+
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let mut logs = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .await
+        .unwrap();
+    for line in logs.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(
+        logs.contains("serving model") && logs.contains("SIGTERM"),
+        "{logs}"
+    );
+    // One line per model load, connection change and shutdown step; none per request.
+    assert!(logs.lines().count() < 20, "{logs}");
+}
