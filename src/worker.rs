@@ -5,7 +5,8 @@
 //! pool), check, and either admit the request to the model's [`batch::Queue`] or answer an
 //! error at once. It never waits for compute, so the subscription buffer cannot fill up behind
 //! a slow batch. The *batch loop* takes the next batch whenever the previous one is done,
-//! hands it to the rayon pool, and publishes the replies the pool encoded.
+//! hands it to the model's compute thread (which fans large batches out over the rayon pool),
+//! and publishes the replies that thread encoded.
 //!
 //! Every request that reaches a read loop gets exactly one reply. Shutdown is a
 //! [`CancellationToken`]: read loops drain their subscriptions and exit, which closes the
@@ -44,6 +45,8 @@ pub enum WorkerError {
         subject: String,
         source: async_nats::SubscribeError,
     },
+    #[error("starting a compute thread: {0}")]
+    Thread(std::io::Error),
     #[error("building the compute pool: {0}")]
     Pool(#[from] rayon::ThreadPoolBuildError),
     #[error(
@@ -255,7 +258,8 @@ pub async fn run(
             queue,
             shutdown.clone(),
         ));
-        batch_loops.spawn(batch_loop(shared.clone(), slot, batcher));
+        let compute_thread = ComputeThread::spawn(&slot.name).map_err(WorkerError::Thread)?;
+        batch_loops.spawn(batch_loop(shared.clone(), slot, batcher, compute_thread));
     }
     let discovery = tokio::spawn(discovery::serve(
         client.clone(),
@@ -333,9 +337,14 @@ async fn read_loop(
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    // Unsubscribe but keep reading what the server already sent us.
+                    // Unsubscribe but keep reading what the server already sent us. The
+                    // flush matters on an idle connection: async-nats only completes a drain
+                    // when its connection task next wakes, and the PONG wakes it.
                     if let Err(e) = subscription.drain().await {
                         tracing::warn!(model = %slot.name, error = %e, "unsubscribing failed");
+                    }
+                    if let Err(e) = shared.client.flush().await {
+                        tracing::warn!(model = %slot.name, error = %e, "flushing the unsubscribe failed");
                     }
                     draining = true;
                     tracing::info!(model = %slot.name, "shutdown: unsubscribed");
@@ -509,8 +518,41 @@ fn check_features(request: &PredictRequest, model: &Model, name: &str) -> Result
     Ok(())
 }
 
-/// Forms batches whenever the compute is free, computes them on the pool, replies.
-async fn batch_loop(shared: Shared, slot: Arc<Slot>, mut batcher: batch::Batcher<Job>) {
+/// A dedicated OS thread that runs one model's batches, one at a time. It blocks when idle,
+/// where idle rayon workers spin-yield for a while (on a two-core machine that measurably
+/// steals the CPU that NATS needs); large batches still fan out over the rayon pool.
+struct ComputeThread {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl ComputeThread {
+    fn spawn(model: &str) -> std::io::Result<ComputeThread> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name(format!("flotilla-batch-{model}"))
+            .spawn(move || {
+                // Ends when the batch loop drops its sender.
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })?;
+        Ok(ComputeThread { jobs })
+    }
+
+    fn run(&self, job: Box<dyn FnOnce() + Send>) {
+        self.jobs
+            .send(job)
+            .expect("the compute thread lives as long as this handle");
+    }
+}
+
+/// Forms batches whenever the compute is free, computes them off the runtime, replies.
+async fn batch_loop(
+    shared: Shared,
+    slot: Arc<Slot>,
+    mut batcher: batch::Batcher<Job>,
+    compute_thread: ComputeThread,
+) {
     while let Some(batch) = batcher.next_batch().await {
         let formed = Instant::now();
         slot.queue_rows.set(batcher.queued_rows() as i64);
@@ -548,13 +590,13 @@ async fn batch_loop(shared: Shared, slot: Arc<Slot>, mut batcher: batch::Batcher
             .collect();
         let live = slot.live.load_full();
         let (tx, rx) = oneshot::channel();
-        let compute_slot = slot.clone();
-        shared.pool.spawn(move || {
+        let (compute_slot, pool) = (slot.clone(), shared.pool.clone());
+        compute_thread.run(Box::new(move || {
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                compute(&live.served, entries, &compute_slot)
+                compute(&live.served, entries, &compute_slot, &pool)
             }));
             let _ = tx.send(outcome);
-        });
+        }));
         let replies = match rx.await {
             Ok(Ok(replies)) => replies,
             Ok(Err(panic)) => {
@@ -570,7 +612,7 @@ async fn batch_loop(shared: Shared, slot: Arc<Slot>, mut batcher: batch::Batcher
                     .map(|(reply, enc, at)| Outgoing::error(reply, enc, &err, at))
                     .collect()
             }
-            Err(_) => unreachable!("the pool always runs the job, which always sends"),
+            Err(_) => unreachable!("the compute thread runs every job, which always sends"),
         };
         for out in replies {
             publish(&shared.client, &slot, out).await;
@@ -578,8 +620,14 @@ async fn batch_loop(shared: Shared, slot: Arc<Slot>, mut batcher: batch::Batcher
     }
 }
 
-/// Runs one batch on the calling (rayon) thread and encodes every caller's reply.
-fn compute(served: &ServedModel, entries: Vec<Entry<Job>>, slot: &Slot) -> Vec<Outgoing> {
+/// Runs one batch on the calling (compute) thread, fanning large ones out over `pool`, and
+/// encodes every caller's reply.
+fn compute(
+    served: &ServedModel,
+    entries: Vec<Entry<Job>>,
+    slot: &Slot,
+    pool: &rayon::ThreadPool,
+) -> Vec<Outgoing> {
     let start = Instant::now();
     let model = &served.model;
     let mut replies = Vec::with_capacity(entries.len());
@@ -618,7 +666,7 @@ fn compute(served: &ServedModel, entries: Vec<Entry<Job>>, slot: &Slot) -> Vec<O
     }
     let x = Array2::from_shape_vec((rows, model.inputs()), values)
         .expect("every request was checked against the model's inputs");
-    let y = model.forward(x.view());
+    let y = model.forward_on(pool, x.view());
     let y = y.as_standard_layout();
     let outputs = model.outputs();
     let all = y.as_slice().expect("standard layout");

@@ -300,11 +300,25 @@ impl Model {
         )
     }
 
+    /// The forward pass over `rows x inputs` on `pool`: small batches are computed right
+    /// here on the calling thread (waking pool threads costs more than it saves), larger ones
+    /// split by rows across the pool.
+    pub fn forward_on(&self, pool: &rayon::ThreadPool, x: ArrayView2<f64>) -> Array2<f64> {
+        if x.nrows() <= ROWS_PER_TASK {
+            self.forward(x)
+        } else {
+            pool.install(|| self.forward(x))
+        }
+    }
+
     /// The forward pass over `rows x inputs`, returning `rows x outputs`. Batches larger than
     /// [`ROWS_PER_TASK`] are split by rows across the current rayon pool.
     pub fn forward(&self, x: ArrayView2<f64>) -> Array2<f64> {
         assert_eq!(x.ncols(), self.inputs, "caller checks the feature count");
         let rows = x.nrows();
+        if rows <= ROWS_PER_TASK {
+            return self.forward_chunk(x);
+        }
         let tasks = rows
             .div_ceil(ROWS_PER_TASK)
             .min(rayon::current_num_threads());

@@ -173,3 +173,33 @@ async fn sigterm_during_load_loses_no_accepted_request_and_exits_zero() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_idle_worker_exits_promptly_on_sigterm() {
+    // The drain must not wait on traffic that will never come.
+    let server = server();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["worker", "--nats", &server.url(), "--metrics-addr", ""])
+        .arg("--model")
+        .arg(format!("iris={}", repo_path("models/iris.json").display()))
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = Client::new(connect(&server).await);
+    tokio::time::timeout(WAIT, async {
+        while client.predict("iris", &[vec![1.0; 4]]).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("worker never answered");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("an idle worker must exit within seconds of SIGTERM")
+        .unwrap();
+    assert!(status.success());
+}
