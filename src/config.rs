@@ -1,5 +1,6 @@
 //! Settings: built-in defaults, then a TOML file, then `FLOTILLA_*` environment variables,
-//! then command-line flags (applied by the binary). Every setting is documented with its
+//! then command-line flags (applied by the binary). `FLOTILLA_NATS_*` and
+//! `FLOTILLA_REGISTRY_*` reach the `[nats]` and `[registry]` tables. Every setting is documented with its
 //! default in `config/worker.toml`; a test loads that file and checks it equals the defaults.
 //!
 //! This module also turns [`NatsConfig`] into a connected client, since every subcommand
@@ -12,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::protocol::{validate_model_name, DEFAULT_PREFIX};
+use crate::registry::RegistryConfig;
 
 /// Why settings could not be loaded; each message names the file, variable or key.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,8 @@ pub struct WorkerConfig {
     pub shutdown_timeout_secs: u64,
     /// Models served from files: name -> artifact path.
     pub models: BTreeMap<String, PathBuf>,
+    /// The JetStream model registry: bucket names, replication, trusted signing keys.
+    pub registry: RegistryConfig,
 }
 
 impl Default for WorkerConfig {
@@ -124,6 +128,7 @@ impl Default for WorkerConfig {
             compute_threads: 0,
             shutdown_timeout_secs: 30,
             models: BTreeMap::new(),
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -186,6 +191,15 @@ impl WorkerConfig {
         for name in self.models.keys() {
             validate_model_name(name).map_err(|m| invalid("models", m))?;
         }
+        if self.registry.keep_versions == 0 {
+            return Err(invalid("registry.keep_versions", "must be at least 1"));
+        }
+        if self.registry.replicas == 0 || self.registry.replicas > 5 {
+            return Err(invalid("registry.replicas", "must be 1 to 5"));
+        }
+        self.registry
+            .trusted()
+            .map_err(|e| invalid("registry.trusted_keys", e.to_string()))?;
         self.nats.validate()
     }
 
@@ -302,18 +316,21 @@ fn overlay_env(
             Ok(mut t) if !matches!(t["v"], toml::Value::Table(_)) => t.remove("v").expect("v"),
             _ => toml::Value::String(raw.clone()),
         };
-        let (target, field) = match key.strip_prefix("nats_") {
-            Some(field) => {
-                let nats = table
-                    .entry("nats")
+        let section = ["nats", "registry"]
+            .into_iter()
+            .find_map(|t| key.strip_prefix(&format!("{t}_")).map(|f| (t, f.to_owned())));
+        let (target, field) = match section {
+            Some((name, field)) => {
+                let sub = table
+                    .entry(name)
                     .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                let toml::Value::Table(nats) = nats else {
+                let toml::Value::Table(sub) = sub else {
                     return Err(ConfigError::Env {
                         var,
-                        message: "`nats` in the config file is not a table".into(),
+                        message: format!("`{name}` in the config file is not a table"),
                     });
                 };
-                (nats, field.to_owned())
+                (sub, field)
             }
             None => (&mut *table, key),
         };

@@ -8,3 +8,4 @@ mod discovery;
 mod errors;
 mod load;
 mod predict;
+mod registry;

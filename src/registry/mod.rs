@@ -1,0 +1,471 @@
+//! The model registry, kept entirely in NATS JetStream (layout: `docs/registry.md`).
+//!
+//! Artifacts are immutable objects in an Object Store bucket, one per version, always stored
+//! as MessagePack. A key-value bucket holds one [`Manifest`] per model, changed only by
+//! compare-and-swap so that concurrent publishers never take the same version number and an
+//! operator's rollback never silently undoes a publish. Workers watch the key-value bucket
+//! and load what a manifest points at through [`Registry::load`], which checks the size,
+//! SHA-256 and (when keys are trusted) the signature before building the model.
+//!
+//! Works on nats-server 2.9 and newer: the key-value bucket's stream is created directly,
+//! since async-nats' `create_key_value` cannot parse 2.9's account info.
+
+pub mod manifest;
+pub mod signing;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use futures::StreamExt;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+pub use manifest::{primary_metric, Canary, Manifest, ManifestError, Promote, VersionInfo};
+
+use crate::model::{Artifact, ArtifactEncoding, Model};
+
+/// Where the registry lives and whom it trusts. The `[registry]` table of the config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Key-value bucket of manifests, one key per model.
+    pub kv_bucket: String,
+    /// Object store bucket of artifacts, one object per version.
+    pub object_bucket: String,
+    /// JetStream replicas of both buckets (1 on a single server, 3 on a cluster).
+    pub replicas: usize,
+    /// Manifest revisions the key-value bucket keeps per model (an audit trail).
+    pub history: i64,
+    /// Versions a worker keeps loaded per model (current, previous, ...), so pinned requests
+    /// and rollbacks need no download.
+    pub keep_versions: usize,
+    /// Public keys (hex, or files written by `flotilla models keygen`) whose signatures a
+    /// worker accepts. Empty: any version whose checksum matches is accepted.
+    pub trusted_keys: Vec<String>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            kv_bucket: "flotilla-manifests".into(),
+            object_bucket: "flotilla-models".into(),
+            replicas: 1,
+            history: 64,
+            keep_versions: 2,
+            trusted_keys: Vec::new(),
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// Parses the trusted keys.
+    pub fn trusted(&self) -> Result<Vec<VerifyingKey>, signing::SigningError> {
+        self.trusted_keys
+            .iter()
+            .map(|k| signing::parse_public_key(k))
+            .collect()
+    }
+}
+
+/// Why a registry operation failed. [`RegistryError::reason`] is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(
+        "the NATS server has no JetStream, which the model registry needs; start nats-server with -js \
+         (workers serving --model files keep working without it)"
+    )]
+    NoJetStream,
+    #[error("registry bucket {bucket}: {message}")]
+    Bucket { bucket: String, message: String },
+    #[error("no model {model:?} in the registry; it has {}", if .models.is_empty() { "none".to_string() } else { .models.join(", ") })]
+    UnknownModel { model: String, models: Vec<String> },
+    #[error("{0}")]
+    Manifest(#[from] ManifestError),
+    #[error("invalid model name: {0}")]
+    ModelName(String),
+    #[error("model {model:?}: manifest is unreadable: {message}")]
+    BadManifest { model: String, message: String },
+    #[error("model {model:?} version {version}: downloading {object}: {message}")]
+    Download {
+        model: String,
+        version: u64,
+        object: String,
+        message: String,
+    },
+    #[error("model {model:?} version {version}: checksum mismatch: the manifest says {expected} but the object hashes to {actual}; the object was tampered with or corrupted")]
+    Checksum {
+        model: String,
+        version: u64,
+        expected: String,
+        actual: String,
+    },
+    #[error("{0}")]
+    Signature(#[from] signing::SigningError),
+    #[error("model {model:?} version {version}: {source}")]
+    Invalid {
+        model: String,
+        version: u64,
+        source: crate::model::ModelError,
+    },
+    #[error("publishing model {model:?}: {message}")]
+    Publish { model: String, message: String },
+    #[error("model {model:?}: the manifest kept changing under us ({attempts} attempts); try again")]
+    Contention { model: String, attempts: usize },
+}
+
+impl RegistryError {
+    /// A short label for `flotilla_model_load_failures_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RegistryError::Download { .. } => "download",
+            RegistryError::Checksum { .. } => "checksum",
+            RegistryError::Signature(_) => "signature",
+            RegistryError::Invalid { .. } => "invalid",
+            RegistryError::BadManifest { .. } => "manifest",
+            _ => "registry",
+        }
+    }
+}
+
+/// What [`Registry::publish`] did.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub version: u64,
+    pub promoted: bool,
+    /// Why it was or was not promoted.
+    pub reason: String,
+    pub sha256: String,
+}
+
+/// A handle on the registry's two buckets. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    kv: kv::Store,
+    objects: object_store::ObjectStore,
+}
+
+const CAS_ATTEMPTS: usize = 50;
+
+impl Registry {
+    /// Opens the registry, creating its buckets if they do not exist yet.
+    pub async fn open(
+        client: async_nats::Client,
+        config: &RegistryConfig,
+    ) -> Result<Registry, RegistryError> {
+        // A server without JetStream has no responder on the API subjects.
+        match client.request("$JS.API.INFO", "".into()).await {
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                return Err(RegistryError::NoJetStream)
+            }
+            Err(e) => {
+                return Err(RegistryError::Bucket {
+                    bucket: config.kv_bucket.clone(),
+                    message: format!("asking the server about JetStream: {e}"),
+                })
+            }
+            Ok(_) => {}
+        }
+        let js = jetstream::new(client);
+        let bucket_error = |bucket: &str| {
+            let bucket = bucket.to_owned();
+            move |e: &dyn std::fmt::Display| RegistryError::Bucket {
+                bucket: bucket.clone(),
+                message: e.to_string(),
+            }
+        };
+        let kv_stream = format!("KV_{}", config.kv_bucket);
+        if js.get_stream(&kv_stream).await.is_err() {
+            let created = js
+                .create_stream(stream::Config {
+                    name: kv_stream,
+                    description: Some("flotilla model manifests".into()),
+                    subjects: vec![format!("$KV.{}.>", config.kv_bucket)],
+                    max_messages_per_subject: config.history.max(1),
+                    num_replicas: config.replicas.max(1),
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
+                    ..Default::default()
+                })
+                .await;
+            // Another process may have created it first; getting it below settles that.
+            if let Err(e) = created {
+                tracing::debug!(error = %e, "creating the manifest bucket");
+            }
+        }
+        let kv = js
+            .get_key_value(&config.kv_bucket)
+            .await
+            .map_err(|e| bucket_error(&config.kv_bucket)(&e))?;
+        let objects = match js.get_object_store(&config.object_bucket).await {
+            Ok(store) => store,
+            Err(_) => match js
+                .create_object_store(object_store::Config {
+                    bucket: config.object_bucket.clone(),
+                    description: Some("flotilla model artifacts".into()),
+                    num_replicas: config.replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(store) => store,
+                Err(_) => js
+                    .get_object_store(&config.object_bucket)
+                    .await
+                    .map_err(|e| bucket_error(&config.object_bucket)(&e))?,
+            },
+        };
+        Ok(Registry { kv, objects })
+    }
+
+    /// Every model with a manifest, sorted.
+    pub async fn models(&self) -> Result<Vec<String>, RegistryError> {
+        let mut keys = self.kv.keys().await.map_err(|e| RegistryError::Bucket {
+            bucket: "manifests".into(),
+            message: e.to_string(),
+        })?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            if let Ok(key) = key {
+                out.push(key);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The model's manifest and its revision, if it has one.
+    pub async fn manifest(&self, model: &str) -> Result<Option<(Manifest, u64)>, RegistryError> {
+        crate::protocol::validate_model_name(model).map_err(RegistryError::ModelName)?;
+        let entry = self
+            .kv
+            .entry(model)
+            .await
+            .map_err(|e| RegistryError::Bucket {
+                bucket: "manifests".into(),
+                message: e.to_string(),
+            })?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                Ok(Some((parse_manifest(model, &e.value)?, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The manifest, or an error listing the models that exist.
+    pub async fn require(&self, model: &str) -> Result<(Manifest, u64), RegistryError> {
+        match self.manifest(model).await? {
+            Some(m) => Ok(m),
+            None => Err(RegistryError::UnknownModel {
+                model: model.into(),
+                models: self.models().await.unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Publishes an artifact (JSON or MessagePack) as the model's next version.
+    pub async fn publish(
+        &self,
+        model: &str,
+        artifact: &[u8],
+        metrics: BTreeMap<String, f64>,
+        signing_key: Option<&SigningKey>,
+        promote: Promote,
+    ) -> Result<Published, RegistryError> {
+        crate::protocol::validate_model_name(model).map_err(RegistryError::ModelName)?;
+        let publish_error = |message: String| RegistryError::Publish {
+            model: model.into(),
+            message,
+        };
+        // Refuse what no worker could load, and store one canonical encoding.
+        let parsed = Artifact::from_bytes(artifact).map_err(|e| publish_error(e.to_string()))?;
+        let metrics = if metrics.is_empty() {
+            metrics_from_metadata(&parsed)
+        } else {
+            metrics
+        };
+        Model::from_artifact(parsed.clone()).map_err(|e| publish_error(e.to_string()))?;
+        let bytes = parsed.to_bytes(ArtifactEncoding::MsgPack);
+        let sha256 = signing::to_hex(&Sha256::digest(&bytes));
+        let (signature, signer) = match signing_key {
+            Some(key) => {
+                let (s, k) = signing::sign(key, model, &sha256);
+                (Some(s), Some(k))
+            }
+            None => (None, None),
+        };
+        // A name unique to this attempt: two publishers racing for a version number never
+        // write the same object, and the loser's object is simply never referenced.
+        let object = format!("{model}/{}", nuid::next());
+        self.objects
+            .put(object.as_str(), &mut bytes.as_slice())
+            .await
+            .map_err(|e| publish_error(format!("storing the artifact: {e}")))?;
+        let info = VersionInfo {
+            object,
+            sha256: sha256.clone(),
+            size: bytes.len() as u64,
+            signature,
+            signer,
+            metrics,
+            created: now_rfc3339(),
+        };
+        let (version, promoted, reason) = self
+            .update(model, true, |m| Ok(m.add_version(info.clone(), promote)))
+            .await?;
+        Ok(Published {
+            version,
+            promoted,
+            reason,
+            sha256,
+        })
+    }
+
+    /// Applies `change` to the model's manifest by compare-and-swap, retrying on conflict.
+    /// `create` allows a model without a manifest (publishing its first version).
+    pub async fn update<T>(
+        &self,
+        model: &str,
+        create: bool,
+        mut change: impl FnMut(&mut Manifest) -> Result<T, ManifestError>,
+    ) -> Result<T, RegistryError> {
+        for attempt in 0..CAS_ATTEMPTS {
+            let current = self.manifest(model).await?;
+            let (mut manifest, revision) = match current {
+                Some((m, r)) => (m, Some(r)),
+                None if create => (Manifest::new(model), None),
+                None => {
+                    return Err(RegistryError::UnknownModel {
+                        model: model.into(),
+                        models: self.models().await.unwrap_or_default(),
+                    })
+                }
+            };
+            let out = change(&mut manifest)?;
+            let value: bytes::Bytes = serde_json::to_vec(&manifest)
+                .expect("manifests always encode")
+                .into();
+            let written = match revision {
+                None => self.kv.create(model, value).await.map(|_| ()).map_err(|e| e.to_string()),
+                Some(r) => self
+                    .kv
+                    .update(model, value, r)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(()) => return Ok(out),
+                Err(e) => {
+                    tracing::debug!(%model, attempt, error = %e, "manifest changed under us; retrying");
+                    let jitter = (nuid::next().as_bytes()[0] % 8) as u64;
+                    tokio::time::sleep(Duration::from_millis(1 + jitter)).await;
+                }
+            }
+        }
+        Err(RegistryError::Contention {
+            model: model.into(),
+            attempts: CAS_ATTEMPTS,
+        })
+    }
+
+    /// Downloads, verifies and builds one version. CPU work (hashing, decoding, validation)
+    /// runs on a blocking thread.
+    pub async fn load(
+        &self,
+        model: &str,
+        version: u64,
+        info: &VersionInfo,
+        trusted: Arc<Vec<VerifyingKey>>,
+    ) -> Result<Model, RegistryError> {
+        let download = |message: String| RegistryError::Download {
+            model: model.into(),
+            version,
+            object: info.object.clone(),
+            message,
+        };
+        let mut object = self
+            .objects
+            .get(&info.object)
+            .await
+            .map_err(|e| download(e.to_string()))?;
+        let mut bytes = Vec::with_capacity(info.size as usize);
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| download(e.to_string()))?;
+        let (model_name, info) = (model.to_owned(), info.clone());
+        tokio::task::spawn_blocking(move || {
+            let actual = signing::to_hex(&Sha256::digest(&bytes));
+            if actual != info.sha256 || bytes.len() as u64 != info.size {
+                return Err(RegistryError::Checksum {
+                    model: model_name,
+                    version,
+                    expected: info.sha256,
+                    actual,
+                });
+            }
+            signing::verify(
+                &trusted,
+                &model_name,
+                version,
+                &info.sha256,
+                info.signature.as_deref(),
+            )?;
+            Model::from_bytes(&bytes).map_err(|source| RegistryError::Invalid {
+                model: model_name,
+                version,
+                source,
+            })
+        })
+        .await
+        .expect("model loading does not panic")
+    }
+
+    /// Watches every manifest change from now on.
+    pub async fn watch(&self) -> Result<kv::Watch, RegistryError> {
+        self.kv.watch_all().await.map_err(|e| RegistryError::Bucket {
+            bucket: "manifests".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The raw object store, for tests that tamper with artifacts.
+    pub fn objects(&self) -> &object_store::ObjectStore {
+        &self.objects
+    }
+}
+
+pub fn parse_manifest(model: &str, bytes: &[u8]) -> Result<Manifest, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|e| RegistryError::BadManifest {
+        model: model.into(),
+        message: e.to_string(),
+    })
+}
+
+/// Numeric `metadata.metrics` of an artifact trained elsewhere.
+fn metrics_from_metadata(artifact: &Artifact) -> BTreeMap<String, f64> {
+    artifact
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("metrics"))
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formats any UTC time")
+}
