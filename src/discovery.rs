@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
@@ -60,41 +60,72 @@ struct EndpointInfo<'a> {
     metadata: serde_json::Value,
 }
 
-/// Answers the services API until `shutdown` fires.
-pub async fn serve(
+/// A running services API responder.
+pub struct Service {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    /// Subscribes to the services API subjects as instance `id` and answers from `endpoints`,
+    /// which the worker may grow while it runs.
+    pub async fn start(
+        client: async_nats::Client,
+        id: &str,
+        endpoints: Arc<ArcSwap<Vec<Endpoint>>>,
+    ) -> Result<Service, async_nats::SubscribeError> {
+        let mut subscriptions = Vec::new();
+        for verb in ["PING", "INFO", "STATS"] {
+            for subject in [
+                format!("$SRV.{verb}"),
+                format!("$SRV.{verb}.{SERVICE_NAME}"),
+                format!("$SRV.{verb}.{SERVICE_NAME}.{id}"),
+            ] {
+                let sub = client.subscribe(subject).await?;
+                subscriptions.push(sub.map(move |m| (verb, m)));
+            }
+        }
+        tracing::info!(service = SERVICE_NAME, %id, "registered with the NATS services API");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(answer(
+            client,
+            id.to_owned(),
+            futures::stream::select_all(subscriptions),
+            endpoints,
+            stop.clone(),
+        ));
+        Ok(Service { stop, task })
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn answer(
     client: async_nats::Client,
-    endpoints: Vec<Endpoint>,
-    shutdown: CancellationToken,
-) -> Result<(), async_nats::SubscribeError> {
-    let id = nuid::next().to_string();
+    id: String,
+    mut requests: impl futures::Stream<Item = (&'static str, async_nats::Message)> + Unpin,
+    endpoints: Arc<ArcSwap<Vec<Endpoint>>>,
+    stop: CancellationToken,
+) {
     let started = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .expect("RFC 3339 formats any UTC time");
     let version = env!("CARGO_PKG_VERSION");
-    let mut subscriptions = Vec::new();
-    for verb in ["PING", "INFO", "STATS"] {
-        for subject in [
-            format!("$SRV.{verb}"),
-            format!("$SRV.{verb}.{SERVICE_NAME}"),
-            format!("$SRV.{verb}.{SERVICE_NAME}.{id}"),
-        ] {
-            let sub = client.subscribe(subject).await?;
-            subscriptions.push(sub.map(move |m| (verb, m)));
-        }
-    }
-    let mut requests = futures::stream::select_all(subscriptions);
     let base = json!({"name": SERVICE_NAME, "id": id, "version": version, "metadata": {}});
-    tracing::info!(service = SERVICE_NAME, %id, "registered with the NATS services API");
     loop {
         let (verb, message) = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return,
             next = requests.next() => match next {
                 Some(next) => next,
-                None => return Ok(()),
+                None => return,
             },
         };
         let Some(reply) = message.reply else { continue };
+        let endpoints = endpoints.load();
         let mut body = base.clone();
         let fields = body.as_object_mut().expect("object");
         match verb {

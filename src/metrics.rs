@@ -33,6 +33,11 @@ pub struct Metrics {
     pub queue_rows: IntGaugeVec,
     /// The version currently served.
     pub model_version: IntGaugeVec,
+    /// Registry versions that could not be loaded, by model and reason (download, checksum,
+    /// signature, invalid, manifest); the worker kept serving what it had.
+    pub load_failures: IntCounterVec,
+    /// Times a model's served versions changed (a new current, canary or rollback).
+    pub swaps: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -101,6 +106,21 @@ impl Metrics {
             "Rows admitted and waiting for a batch.",
         );
         let model_version = gauge("flotilla_model_version", "Model version being served.");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            registry.register(Box::new(c.clone())).expect("unique name");
+            c
+        };
+        let load_failures = counter(
+            "flotilla_model_load_failures_total",
+            "Registry versions that failed to load (the previous version kept serving).",
+            &["model", "reason"],
+        );
+        let swaps = counter(
+            "flotilla_model_swaps_total",
+            "Changes of the versions a model serves.",
+            &["model"],
+        );
         Metrics {
             registry,
             requests,
@@ -110,6 +130,8 @@ impl Metrics {
             batch_rows,
             queue_rows,
             model_version,
+            load_failures,
+            swaps,
         }
     }
 

@@ -16,6 +16,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const CONTENT_TYPE: &str = "Content-Type";
 /// Request header pinning a model version; reply header naming the version that computed it.
 pub const VERSION_HEADER: &str = "Flotilla-Version";
+/// Reply header (an extension of the contract): the id of the worker that answered, the same
+/// id it registers under in the services API.
+pub const WORKER_HEADER: &str = "Flotilla-Worker";
 /// Request header: the caller's remaining budget in milliseconds.
 pub const TIMEOUT_HEADER: &str = "Flotilla-Timeout-Ms";
 /// NATS services API (ADR-32) error headers.

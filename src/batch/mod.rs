@@ -84,6 +84,32 @@ impl<T> Queue<T> {
     pub fn max_queue_rows(&self) -> usize {
         self.max_queue_rows
     }
+
+    /// A read-only view of the queue's depth that, unlike a `Queue` clone, does not keep the
+    /// batcher alive.
+    pub fn depth(&self) -> Depth {
+        Depth {
+            queued_rows: self.queued_rows.clone(),
+            max_queue_rows: self.max_queue_rows,
+        }
+    }
+}
+
+/// How full a queue is, for reporting.
+#[derive(Debug, Clone)]
+pub struct Depth {
+    queued_rows: Arc<AtomicUsize>,
+    max_queue_rows: usize,
+}
+
+impl Depth {
+    pub fn queued_rows(&self) -> usize {
+        self.queued_rows.load(Ordering::Acquire)
+    }
+
+    pub fn max_queue_rows(&self) -> usize {
+        self.max_queue_rows
+    }
 }
 
 /// The consumer side, owned by the task that computes a model's batches.

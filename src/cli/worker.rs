@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use flotilla::metrics::{self, Health, Metrics};
 use flotilla::model::Model;
-use flotilla::worker::{self, ServedModel};
+use flotilla::registry::Registry;
+use flotilla::worker::{self, Selection, ServedModel, Source};
 use tokio_util::sync::CancellationToken;
 
 use super::NatsArgs;
@@ -19,6 +20,14 @@ pub struct WorkerArgs {
     /// A model to serve from a file, NAME=PATH (JSON or MessagePack artifact); repeatable.
     #[arg(long = "model", value_name = "NAME=PATH")]
     models: Vec<String>,
+    /// Serve models from the registry and follow their manifests: NAME[,NAME...] or '*'
+    /// (every model, including those published later).
+    #[arg(long = "models", value_name = "NAMES", conflicts_with = "models")]
+    registry_models: Option<String>,
+    /// Trust versions signed by this public key (hex, or a .pub file from `flotilla models
+    /// keygen`); repeatable. With any trusted key, unsigned versions are refused.
+    #[arg(long = "trusted-key", value_name = "KEY")]
+    trusted_keys: Vec<String>,
     /// Address for /metrics, /healthz and /readyz ("" disables) [default: 127.0.0.1:9464].
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
@@ -35,8 +44,15 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
             .with_context(|| format!("--model {spec:?}: expected NAME=PATH"))?;
         config.models.insert(name.to_owned(), PathBuf::from(path));
     }
+    config.registry.trusted_keys.extend(args.trusted_keys);
     config.validate()?;
 
+    let selection = args
+        .registry_models
+        .as_deref()
+        .map(Selection::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let mut models = Vec::new();
     for (name, path) in &config.models {
         let model = Model::load(path)
@@ -79,6 +95,17 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
     }
     let client = config.nats.connect("flotilla-worker").await?;
     tracing::info!(url = %config.nats.url, "connected to NATS");
-    worker::run(client, &config, models, metrics, health, shutdown).await?;
+    let source = match selection {
+        None => Source::Fixed(models),
+        Some(models) => {
+            let registry = Registry::open(client.clone(), &config.registry).await?;
+            Source::Registry {
+                registry,
+                models,
+                trusted: Arc::new(config.registry.trusted()?),
+            }
+        }
+    };
+    worker::run(client, &config, source, metrics, health, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -180,7 +180,7 @@ async fn version_too_large_deadline_and_internal_errors() {
     let reply = request(&nats, "iris", &[("Flotilla-Version", "7")], body.clone()).await;
     let message = expect_error(&reply, 409, "version_unavailable", false);
     assert!(
-        message.contains("version 7") && message.contains("serves version 1"),
+        message.contains("version 7") && message.contains("current 1"),
         "{message}"
     );
     let reply = request(&nats, "iris", &[("Flotilla-Version", "1")], body.clone()).await;

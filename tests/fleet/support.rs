@@ -11,7 +11,8 @@ use flotilla::config::WorkerConfig;
 use flotilla::metrics::{Health, Metrics};
 use flotilla::model::Model;
 pub use flotilla::nats_server::NatsServer;
-use flotilla::worker::{self, ServedModel, WorkerError};
+use flotilla::registry::Registry;
+use flotilla::worker::{self, Selection, ServedModel, Source, WorkerError};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -59,10 +60,6 @@ pub struct Worker {
 
 impl Worker {
     pub async fn start(config: WorkerConfig, models: Vec<(&str, Model)>) -> Worker {
-        let client = config.nats.connect("test-worker").await.unwrap();
-        let metrics = Metrics::new();
-        let health = Arc::new(Health::default());
-        let shutdown = CancellationToken::new();
         let served = models
             .into_iter()
             .map(|(name, model)| ServedModel {
@@ -71,9 +68,32 @@ impl Worker {
                 model: Arc::new(model),
             })
             .collect();
+        Worker::start_with(config, |_| Source::Fixed(served)).await
+    }
+
+    /// A worker following the registry for `models` (`*` for all).
+    pub async fn follow(config: WorkerConfig, models: &str) -> Worker {
+        let selection = Selection::parse(models).unwrap();
+        let client = config.nats.connect("test-registry").await.unwrap();
+        let registry = Registry::open(client, &config.registry).await.unwrap();
+        let trusted = Arc::new(config.registry.trusted().unwrap());
+        Worker::start_with(config, move |_| Source::Registry {
+            registry,
+            models: selection,
+            trusted,
+        })
+        .await
+    }
+
+    async fn start_with(config: WorkerConfig, source: impl FnOnce(&WorkerConfig) -> Source) -> Worker {
+        let client = config.nats.connect("test-worker").await.unwrap();
+        let metrics = Metrics::new();
+        let health = Arc::new(Health::default());
+        let shutdown = CancellationToken::new();
+        let source = source(&config);
         let task = tokio::spawn({
             let (metrics, health, shutdown) = (metrics.clone(), health.clone(), shutdown.clone());
-            async move { worker::run(client, &config, served, metrics, health, shutdown).await }
+            async move { worker::run(client, &config, source, metrics, health, shutdown).await }
         });
         let w = Worker {
             metrics,
@@ -83,6 +103,7 @@ impl Worker {
         };
         tokio::time::timeout(WAIT, async {
             while w.health.readiness().is_err() {
+                assert!(!w.task.as_ref().unwrap().is_finished(), "the worker stopped while starting");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
