@@ -202,3 +202,130 @@ pub fn median(mut values: Vec<f64>) -> f64 {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
+
+/// A dense MLP artifact of about `target_bytes` as MessagePack (f64 weights take 9 bytes),
+/// different for every `seed`: the payload of a swap benchmark.
+pub fn sized_mlp(target_bytes: usize, seed: u64) -> crate::model::Artifact {
+    use crate::model::{Artifact, LayerSpec, FORMAT_V1};
+    // 64 inputs, two hidden layers of `width`, 10 outputs: about 9 * width^2 bytes.
+    let width = (((target_bytes / 9) as f64).sqrt() as usize).max(8);
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    };
+    let mut layer = |n_in: usize, n_out: usize, activation: &str| LayerSpec {
+        weights: (0..n_in)
+            .map(|_| (0..n_out).map(|_| next() / (n_in as f64).sqrt()).collect())
+            .collect(),
+        bias: (0..n_out).map(|_| next() * 0.1).collect(),
+        activation: activation.into(),
+    };
+    Artifact {
+        format: FORMAT_V1.into(),
+        inputs: 64,
+        outputs: 10,
+        scaler: None,
+        labels: None,
+        layers: vec![
+            layer(64, width, "relu"),
+            layer(width, width, "relu"),
+            layer(width, 10, "softmax"),
+        ],
+        metadata: Some(serde_json::json!({"metrics": {"accuracy": 0.5}, "trained_by": "flotilla bench"})),
+        extra: Default::default(),
+    }
+}
+
+/// The version each worker reports serving for `model` in `$SRV.STATS.flotilla`, gathered
+/// for `window`.
+pub async fn fleet_versions(
+    nats: &async_nats::Client,
+    model: &str,
+    window: Duration,
+) -> Vec<Option<u64>> {
+    let inbox = nats.new_inbox();
+    let Ok(mut replies) = nats.subscribe(inbox.clone()).await else {
+        return Vec::new();
+    };
+    if nats
+        .publish_with_reply("$SRV.STATS.flotilla", inbox, "".into())
+        .await
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        let stats: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        let version = stats["endpoints"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["name"] == model))
+            .and_then(|e| e["data"]["version"].as_u64());
+        out.push(version);
+    }
+    out
+}
+
+/// Milliseconds from a manifest change to every one of `workers` reporting the new version,
+/// for each of `swaps` publishes of a ~`bytes` model.
+pub async fn swap_latencies(
+    nats: &async_nats::Client,
+    registry: &crate::registry::Registry,
+    model: &str,
+    workers: usize,
+    swaps: usize,
+    bytes: usize,
+) -> Result<Vec<f64>, crate::registry::RegistryError> {
+    use crate::model::ArtifactEncoding;
+    use crate::registry::Promote;
+    let mut latencies = Vec::with_capacity(swaps);
+    for i in 0..swaps {
+        let artifact = sized_mlp(bytes, 1000 + i as u64).to_bytes(ArtifactEncoding::MsgPack);
+        // Upload first; the clock starts at the manifest change that workers react to.
+        let published = registry
+            .publish(model, &artifact, BTreeMap::new(), None, Promote::Never)
+            .await?;
+        let version = published.version;
+        let start = Instant::now();
+        registry
+            .update(model, false, |m| m.promote(version))
+            .await?;
+        loop {
+            let seen = fleet_versions(nats, model, Duration::from_millis(3)).await;
+            let ready = seen.iter().filter(|v| **v == Some(version)).count();
+            if ready >= workers {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                tracing::warn!(version, ready, workers, "swap did not complete in 30 s");
+                break;
+            }
+        }
+        latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(latencies)
+}
+
+/// A `features`-input linear regressor whose bias depends on `seed`: cheap to compute and to
+/// swap, for measuring what swapping costs the request path.
+pub fn linear_artifact(features: usize, seed: u64) -> crate::model::Artifact {
+    use crate::model::{Artifact, LayerSpec, FORMAT_V1};
+    Artifact {
+        format: FORMAT_V1.into(),
+        inputs: features,
+        outputs: 1,
+        scaler: None,
+        labels: None,
+        layers: vec![LayerSpec {
+            weights: (0..features).map(|i| vec![(i as f64 + 1.0) / 10.0]).collect(),
+            bias: vec![seed as f64],
+            activation: "identity".into(),
+        }],
+        metadata: Some(serde_json::json!({"metrics": {"r2": 0.5}, "trained_by": "flotilla bench"})),
+        extra: Default::default(),
+    }
+}

@@ -43,11 +43,29 @@ pub struct BenchArgs {
     /// Print the reports as JSON.
     #[arg(long)]
     json: bool,
+    /// Swap latency: publish this many new versions of a ~--swap-bytes model to the registry
+    /// as --model, and time each manifest change until every worker serves it.
+    #[arg(long, value_name = "N")]
+    swaps: Option<usize>,
+    /// Size of the swapped model (MessagePack bytes) for --swaps.
+    #[arg(long, default_value_t = 1_000_000)]
+    swap_bytes: usize,
+    /// Throughput under swapping: alternate rounds without swaps and with a new version of
+    /// --model (a small linear model) promoted every MS milliseconds.
+    #[arg(long, value_name = "MS")]
+    swap_every_ms: Option<u64>,
+    /// With --swaps or --swap-every-ms: start this many `flotilla worker --models MODEL`
+    /// processes for the measurement and stop them after.
+    #[arg(long, default_value_t = 2)]
+    spawn_workers: usize,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let settings = args.nats.settings()?;
     let nats = settings.nats.connect("flotilla-bench").await?;
+    if args.swaps.is_some() || args.swap_every_ms.is_some() {
+        return swapping(&args, &settings, nats).await;
+    }
     let features = match args.features {
         Some(n) => n,
         None => bench::discover_features(&nats, &args.model)
@@ -138,4 +156,147 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The registry benchmarks: swap latency (`--swaps`) and throughput under swapping
+/// (`--swap-every-ms`), each against workers this command starts.
+async fn swapping(
+    args: &BenchArgs,
+    settings: &flotilla::config::WorkerConfig,
+    nats: async_nats::Client,
+) -> anyhow::Result<ExitCode> {
+    use flotilla::model::ArtifactEncoding;
+    use flotilla::registry::{Promote, Registry};
+    let registry = Registry::open(nats.clone(), &settings.registry).await?;
+    let model = args.model.as_str();
+    let features = args.features.unwrap_or(10);
+    let first = if args.swaps.is_some() {
+        bench::sized_mlp(args.swap_bytes, 999)
+    } else {
+        bench::linear_artifact(features, 0)
+    };
+    let first = first.to_bytes(ArtifactEncoding::MsgPack);
+    eprintln!("bench: publishing {model:?} ({} bytes) and starting {} workers", first.len(), args.spawn_workers);
+    registry
+        .publish(model, &first, Default::default(), None, Promote::Always)
+        .await?;
+    let workers = Workers::spawn(&settings.nats.url, model, args.spawn_workers, args.nats.config.as_deref())?;
+    let wait = async {
+        while bench::fleet_versions(&nats, model, Duration::from_millis(50))
+            .await
+            .iter()
+            .filter(|v| v.is_some())
+            .count()
+            < args.spawn_workers
+        {}
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .context("the workers did not come up within 30 s")?;
+    let outcome = if let Some(swaps) = args.swaps {
+        let latencies =
+            bench::swap_latencies(&nats, &registry, model, args.spawn_workers, swaps, args.swap_bytes).await?;
+        let mut sorted = latencies.clone();
+        sorted.sort_by(f64::total_cmp);
+        let pct = |p: f64| sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1];
+        let report = serde_json::json!({
+            "swaps": sorted.len(), "workers": args.spawn_workers, "model_bytes": args.swap_bytes,
+            "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": sorted[sorted.len() - 1],
+            "mean_ms": sorted.iter().sum::<f64>() / sorted.len() as f64,
+        });
+        if args.json {
+            println!("{report}");
+        } else {
+            println!(
+                "swap latency over {} swaps of a {} byte model to {} workers: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                sorted.len(), args.swap_bytes, args.spawn_workers, pct(0.5), pct(0.99), sorted[sorted.len() - 1]
+            );
+        }
+        Ok(())
+    } else {
+        let every = Duration::from_millis(args.swap_every_ms.unwrap_or(100));
+        let spec = LoadSpec {
+            concurrency: args.concurrency.max(1),
+            duration: Duration::from_secs_f64(args.duration),
+            rows: args.rows.max(1),
+            features,
+            encoding: if args.msgpack { Encoding::MsgPack } else { Encoding::Json },
+            timeout: Duration::from_secs(5),
+        };
+        let client = Client::new(nats.clone()).with_prefix(settings.subject_prefix.clone());
+        let mut ratios = Vec::new();
+        let mut swapped = 0u64;
+        for round in 1..=args.rounds.max(1) {
+            let calm = bench::run_load(&client, model, "no swaps", &spec).await;
+            let stop = CancellationToken::new();
+            let swapper = {
+                let (registry, stop, model) = (registry.clone(), stop.clone(), model.to_owned());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.is_cancelled() {
+                        let artifact = bench::linear_artifact(features, 1 + n).to_bytes(ArtifactEncoding::MsgPack);
+                        if registry.publish(&model, &artifact, Default::default(), None, Promote::Always).await.is_ok() {
+                            n += 1;
+                        }
+                        tokio::time::sleep(every).await;
+                    }
+                    n
+                })
+            };
+            let busy = bench::run_load(&client, model, "swapping", &spec).await;
+            stop.cancel();
+            let n = swapper.await.unwrap_or(0);
+            swapped += n;
+            if !args.json {
+                println!("round {round}\n  {calm}\n  {busy}  ({n} swaps)");
+            }
+            ratios.push(busy.requests_per_sec / calm.requests_per_sec);
+        }
+        let ratio = bench::median(ratios);
+        if args.json {
+            println!("{}", serde_json::json!({"median_throughput_ratio": ratio, "swaps": swapped}));
+        } else {
+            println!("median throughput ratio, swapping every {every:?} / no swaps: {ratio:.3} ({swapped} swaps)");
+        }
+        Ok(())
+    };
+    workers.stop().await;
+    outcome.map(|()| ExitCode::SUCCESS)
+}
+
+/// Worker processes started for a measurement, stopped with SIGTERM.
+struct Workers(Vec<tokio::process::Child>);
+
+impl Workers {
+    fn spawn(url: &str, model: &str, n: usize, config: Option<&std::path::Path>) -> anyhow::Result<Workers> {
+        let exe = std::env::current_exe().context("finding the flotilla executable")?;
+        let mut children = Vec::new();
+        for _ in 0..n {
+            let mut command = tokio::process::Command::new(&exe);
+            command
+                .args(["worker", "--nats", url, "--models", model, "--metrics-addr", ""])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true);
+            if let Some(config) = config {
+                command.arg("--config").arg(config);
+            }
+            children.push(command.spawn().context("starting a worker")?);
+        }
+        Ok(Workers(children))
+    }
+
+    async fn stop(mut self) {
+        for child in &mut self.0 {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for child in &mut self.0 {
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        }
+    }
 }

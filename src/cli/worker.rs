@@ -65,10 +65,15 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
             model: Arc::new(model),
         });
     }
-    if models.is_empty() {
-        anyhow::bail!(
-            "no models to serve; pass --model NAME=PATH or list them under [models] in --config"
-        );
+    match (models.is_empty(), selection.is_none()) {
+        (true, true) => anyhow::bail!(
+            "no models to serve; pass --model NAME=PATH, --models NAME[,NAME...] or --models '*' \
+             (from the registry), or list files under [models] in --config"
+        ),
+        (false, false) => anyhow::bail!(
+            "--models (registry) and --model or [models] (files) cannot be combined in one worker; run two"
+        ),
+        _ => {}
     }
 
     let metrics = Metrics::new();
@@ -100,7 +105,7 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
         Some(models) => {
             let registry = Registry::open(client.clone(), &config.registry).await?;
             Source::Registry {
-                registry,
+                registry: Box::new(registry),
                 models,
                 trusted: Arc::new(config.registry.trusted()?),
             }

@@ -154,11 +154,15 @@ impl Manifest {
     }
 
     fn gate(&self, info: &VersionInfo, promote: Promote) -> (bool, String) {
-        let current = self.current.and_then(|c| self.versions.get(&c).map(|i| (c, i)));
+        let current = self
+            .current
+            .and_then(|c| self.versions.get(&c).map(|i| (c, i)));
         match (promote, current) {
             (Promote::Never, _) => (false, "published only (--promote never)".into()),
             (Promote::Always, _) => (true, "promoted (--promote always)".into()),
-            (Promote::IfBetter, None) => (true, "promoted: the model had no current version".into()),
+            (Promote::IfBetter, None) => {
+                (true, "promoted: the model had no current version".into())
+            }
             (Promote::IfBetter, Some((c, cur))) => {
                 let new = primary_metric(&info.metrics);
                 let old = new.and_then(|(name, _, _)| cur.metrics.get(name).copied());
@@ -276,7 +280,7 @@ mod tests {
         assert_eq!((v, promoted), (3, true), "equal is no worse");
         assert_eq!(m.add_version(info(0.1), Promote::Always).0, 4);
         assert_eq!(m.current, Some(4));
-        assert_eq!(m.add_version(info(1.0), Promote::Never).1, false);
+        assert!(!m.add_version(info(1.0), Promote::Never).1);
         assert_eq!(m.latest, 5);
     }
 
@@ -288,10 +292,16 @@ mod tests {
         }
         assert_eq!(m.rollback(None), Ok(2));
         assert_eq!(m.rollback(None), Ok(1));
-        assert!(matches!(m.rollback(None), Err(ManifestError::NothingToRollBackTo { .. })));
+        assert!(matches!(
+            m.rollback(None),
+            Err(ManifestError::NothingToRollBackTo { .. })
+        ));
         assert_eq!(m.rollback(Some(3)), Ok(3));
         let err = m.rollback(Some(9)).unwrap_err().to_string();
-        assert!(err.contains("no version 9") && err.contains("1, 2, 3"), "{err}");
+        assert!(
+            err.contains("no version 9") && err.contains("1, 2, 3"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -299,7 +309,10 @@ mod tests {
         let mut m = Manifest::new("iris");
         m.add_version(info(0.9), Promote::Always);
         m.add_version(info(0.9), Promote::Never);
-        assert!(m.set_canary(1, 0.5).is_err(), "the current version is no canary");
+        assert!(
+            m.set_canary(1, 0.5).is_err(),
+            "the current version is no canary"
+        );
         assert!(m.set_canary(2, 0.0).is_err());
         assert!(m.set_canary(2, 1.5).is_err());
         m.set_canary(2, 0.25).unwrap();

@@ -113,7 +113,9 @@ pub enum RegistryError {
     },
     #[error("publishing model {model:?}: {message}")]
     Publish { model: String, message: String },
-    #[error("model {model:?}: the manifest kept changing under us ({attempts} attempts); try again")]
+    #[error(
+        "model {model:?}: the manifest kept changing under us ({attempts} attempts); try again"
+    )]
     Contention { model: String, attempts: usize },
 }
 
@@ -139,6 +141,16 @@ pub struct Published {
     /// Why it was or was not promoted.
     pub reason: String,
     pub sha256: String,
+}
+
+/// One stored revision of a model's manifest: who was current, and when.
+#[derive(Debug, Clone)]
+pub struct ManifestRevision {
+    /// The key-value revision (the stream sequence that compare-and-swap compares).
+    pub revision: u64,
+    /// When the server stored it, RFC 3339.
+    pub created: String,
+    pub manifest: Manifest,
 }
 
 /// A handle on the registry's two buckets. Cheap to clone.
@@ -352,7 +364,12 @@ impl Registry {
                 .expect("manifests always encode")
                 .into();
             let written = match revision {
-                None => self.kv.create(model, value).await.map(|_| ()).map_err(|e| e.to_string()),
+                None => self
+                    .kv
+                    .create(model, value)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
                 Some(r) => self
                     .kv
                     .update(model, value, r)
@@ -428,12 +445,53 @@ impl Registry {
         .expect("model loading does not panic")
     }
 
+    /// The model's manifest revisions the bucket still keeps (up to `history`), oldest first.
+    pub async fn history(&self, model: &str) -> Result<Vec<ManifestRevision>, RegistryError> {
+        // Also answers an unknown model with the list of known ones, and guarantees the key
+        // has entries: a history consumer on an empty subject would wait forever.
+        self.require(model).await?;
+        let bucket_error = |message: String| RegistryError::Bucket {
+            bucket: "manifests".into(),
+            message,
+        };
+        let mut entries = self
+            .kv
+            .history(model)
+            .await
+            .map_err(|e| bucket_error(e.to_string()))?;
+        let collect = async {
+            let mut out = Vec::new();
+            // The stream ends after the entry that was newest when it started.
+            while let Some(entry) = entries.next().await {
+                let entry = entry.map_err(|e| bucket_error(e.to_string()))?;
+                if entry.operation != kv::Operation::Put {
+                    continue;
+                }
+                out.push(ManifestRevision {
+                    revision: entry.revision,
+                    created: entry
+                        .created
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_else(|_| entry.created.to_string()),
+                    manifest: parse_manifest(model, &entry.value)?,
+                });
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(Duration::from_secs(10), collect)
+            .await
+            .map_err(|_| bucket_error(format!("reading the history of {model:?} timed out")))?
+    }
+
     /// Watches every manifest change from now on.
     pub async fn watch(&self) -> Result<kv::Watch, RegistryError> {
-        self.kv.watch_all().await.map_err(|e| RegistryError::Bucket {
-            bucket: "manifests".into(),
-            message: e.to_string(),
-        })
+        self.kv
+            .watch_all()
+            .await
+            .map_err(|e| RegistryError::Bucket {
+                bucket: "manifests".into(),
+                message: e.to_string(),
+            })
     }
 
     /// The raw object store, for tests that tamper with artifacts.

@@ -140,11 +140,20 @@ mod tests {
         assert_eq!(signer, public_hex(&key.verifying_key()));
         let trusted = [key.verifying_key()];
         assert!(verify(&trusted, "iris", 1, "ab", Some(&sig)).is_ok());
-        assert!(verify(&trusted, "iris", 1, "ac", Some(&sig)).is_err(), "other bytes");
-        assert!(verify(&trusted, "wine", 1, "ab", Some(&sig)).is_err(), "other model");
+        assert!(
+            verify(&trusted, "iris", 1, "ac", Some(&sig)).is_err(),
+            "other bytes"
+        );
+        assert!(
+            verify(&trusted, "wine", 1, "ab", Some(&sig)).is_err(),
+            "other model"
+        );
         assert!(verify(&trusted, "iris", 1, "ab", None).is_err(), "unsigned");
         assert!(verify(&[other.verifying_key()], "iris", 1, "ab", Some(&sig)).is_err());
-        assert!(verify(&[], "iris", 1, "ab", None).is_ok(), "no keys: checksum only");
+        assert!(
+            verify(&[], "iris", 1, "ab", None).is_ok(),
+            "no keys: checksum only"
+        );
         let parsed = parse_public_key(&public_hex(&key.verifying_key())).unwrap();
         assert_eq!(parsed, key.verifying_key());
         assert!(parse_public_key("zz").is_err());

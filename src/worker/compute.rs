@@ -46,7 +46,12 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    pub fn error(reply: Subject, encoding: Encoding, err: &ServiceError, received: Instant) -> Self {
+    pub fn error(
+        reply: Subject,
+        encoding: Encoding,
+        err: &ServiceError,
+        received: Instant,
+    ) -> Self {
         let (headers, payload) = error_reply(encoding, err);
         Outgoing {
             reply,
@@ -172,12 +177,10 @@ fn compute(
     for entry in entries {
         // A swap between admission and now can retire a pinned version or change what a
         // request must look like: such requests are refused alone.
-        let resolved = live
-            .resolve(entry.item.target, &slot.name)
-            .and_then(|v| {
-                super::check_features(&entry.item.request, &v.served.model, &slot.name)
-                    .map(|()| v.clone())
-            });
+        let resolved = live.resolve(entry.item.target, &slot.name).and_then(|v| {
+            super::check_features(&entry.item.request, &v.served.model, &slot.name)
+                .map(|()| v.clone())
+        });
         match resolved {
             Ok(version) => groups
                 .entry(version.number())

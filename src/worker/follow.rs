@@ -79,16 +79,16 @@ impl Loader {
         let Some(current) = manifest.current else {
             return Ok(None);
         };
-        let mut held: BTreeMap<u64, Arc<Version>> =
-            old.map(|l| l.held.clone()).unwrap_or_default();
+        let mut held: BTreeMap<u64, Arc<Version>> = old.map(|l| l.held.clone()).unwrap_or_default();
         let wanted = std::iter::once(current).chain(manifest.canary.map(|c| c.version));
         for v in wanted {
-            if !held.contains_key(&v) {
-                let loaded = self.version(manifest, v).await?;
-                held.insert(v, loaded);
+            if let std::collections::btree_map::Entry::Vacant(slot) = held.entry(v) {
+                slot.insert(self.version(manifest, v).await?);
             }
         }
-        let canary = manifest.canary.map(|c| (held[&c.version].clone(), c.weight));
+        let canary = manifest
+            .canary
+            .map(|c| (held[&c.version].clone(), c.weight));
         // Keep the current, the canary, then the version being replaced and the newest of
         // the rest, up to `keep` besides the canary.
         let mut order = vec![current];
@@ -295,11 +295,7 @@ async fn reconcile(
             held = ?next.held.keys().collect::<Vec<_>>(),
             "model swapped"
         );
-        loader
-            .metrics
-            .swaps
-            .with_label_values(&[&slot.name])
-            .inc();
+        loader.metrics.swaps.with_label_values(&[&slot.name]).inc();
         slot.swap(next);
     }
 }

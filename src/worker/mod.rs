@@ -112,7 +112,7 @@ pub enum Source {
     /// Follow the JetStream registry: serve each selected model's current version (and
     /// canary), and swap as manifests change.
     Registry {
-        registry: Registry,
+        registry: Box<Registry>,
         models: Selection,
         trusted: Arc<Vec<VerifyingKey>>,
     },
@@ -268,7 +268,7 @@ pub async fn run(
             trusted,
         } => Some(
             follow::Follower::start(
-                registry,
+                *registry,
                 models,
                 trusted,
                 config.registry.keep_versions,
@@ -277,13 +277,10 @@ pub async fn run(
             .await?,
         ),
     };
-    let discovery = discovery::Service::start(
-        client.clone(),
-        worker_id.as_str(),
-        fleet.endpoints.clone(),
-    )
-    .await
-    .map_err(WorkerError::Discovery)?;
+    let discovery =
+        discovery::Service::start(client.clone(), worker_id.as_str(), fleet.endpoints.clone())
+            .await
+            .map_err(WorkerError::Discovery)?;
     // Make sure the server has every subscription before calling ourselves ready.
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "flushing subscriptions failed");
@@ -387,7 +384,15 @@ async fn read_loop(
         };
         if message.payload.len() <= shared.settings.inline_decode_bytes {
             let draw = draws.next();
-            if let Some(out) = admit(&shared.settings, &slot, &queue, message, reply, received, draw) {
+            if let Some(out) = admit(
+                &shared.settings,
+                &slot,
+                &queue,
+                message,
+                reply,
+                received,
+                draw,
+            ) {
                 compute::publish(&shared, &slot, out).await;
             }
             continue;
@@ -413,7 +418,9 @@ async fn read_loop(
         let draw = draws.next();
         shared.pool.spawn(move || {
             let _permit = permit;
-            let refused = admit(&settings, &job_slot, &job_queue, message, reply, received, draw);
+            let refused = admit(
+                &settings, &job_slot, &job_queue, message, reply, received, draw,
+            );
             let _ = tx.send(refused);
         });
         let (shared, slot) = (shared.clone(), slot.clone());
@@ -535,4 +542,3 @@ fn check_features(request: &PredictRequest, model: &Model, name: &str) -> Result
     }
     Ok(())
 }
-

@@ -7,5 +7,7 @@ mod cli;
 mod discovery;
 mod errors;
 mod load;
+mod models_cli;
 mod predict;
 mod registry;
+mod swap;

@@ -18,13 +18,21 @@ fn metrics(accuracy: f64) -> BTreeMap<String, f64> {
 #[tokio::test]
 async fn publish_load_and_verify() {
     let server = server();
-    let registry = Registry::open(connect(&server).await, &RegistryConfig::default()).await.unwrap();
-    let p = registry.publish("iris", &iris_bytes(), metrics(0.9), None, Promote::IfBetter).await.unwrap();
+    let registry = Registry::open(connect(&server).await, &RegistryConfig::default())
+        .await
+        .unwrap();
+    let p = registry
+        .publish("iris", &iris_bytes(), metrics(0.9), None, Promote::IfBetter)
+        .await
+        .unwrap();
     assert_eq!((p.version, p.promoted), (1, true));
     let (manifest, _) = registry.require("iris").await.unwrap();
     assert_eq!(manifest.current, Some(1));
     let info = &manifest.versions[&1];
-    let model = registry.load("iris", 1, info, Arc::new(vec![])).await.unwrap();
+    let model = registry
+        .load("iris", 1, info, Arc::new(vec![]))
+        .await
+        .unwrap();
     assert_eq!(model.inputs(), 4);
 
     // Trusting a key refuses the unsigned version.
@@ -34,28 +42,53 @@ async fn publish_load_and_verify() {
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "signature", "{err}");
-    let p = registry.publish("iris", &iris_bytes(), metrics(0.9), Some(&key), Promote::IfBetter).await.unwrap();
+    let p = registry
+        .publish(
+            "iris",
+            &iris_bytes(),
+            metrics(0.9),
+            Some(&key),
+            Promote::IfBetter,
+        )
+        .await
+        .unwrap();
     let (manifest, _) = registry.require("iris").await.unwrap();
     registry
-        .load("iris", p.version, &manifest.versions[&p.version], Arc::new(vec![key.verifying_key()]))
+        .load(
+            "iris",
+            p.version,
+            &manifest.versions[&p.version],
+            Arc::new(vec![key.verifying_key()]),
+        )
         .await
         .unwrap();
 
     let err = registry.require("nope").await.unwrap_err();
-    assert!(matches!(err, RegistryError::UnknownModel { .. }) && err.to_string().contains("iris"), "{err}");
+    assert!(
+        matches!(err, RegistryError::UnknownModel { .. }) && err.to_string().contains("iris"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn concurrent_publishers_never_share_a_version() {
     let server = server();
     let config = RegistryConfig::default();
-    let a = Registry::open(connect(&server).await, &config).await.unwrap();
-    let b = Registry::open(connect(&server).await, &config).await.unwrap();
+    let a = Registry::open(connect(&server).await, &config)
+        .await
+        .unwrap();
+    let b = Registry::open(connect(&server).await, &config)
+        .await
+        .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..16 {
         let registry = if i % 2 == 0 { a.clone() } else { b.clone() };
         tasks.spawn(async move {
-            registry.publish("iris", &iris_bytes(), metrics(0.9), None, Promote::Never).await.unwrap().version
+            registry
+                .publish("iris", &iris_bytes(), metrics(0.9), None, Promote::Never)
+                .await
+                .unwrap()
+                .version
         });
     }
     let mut versions = Vec::new();
@@ -68,7 +101,11 @@ async fn concurrent_publishers_never_share_a_version() {
 
 #[tokio::test]
 async fn a_server_without_jetstream_gets_a_clear_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = std::process::Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
         .spawn()
@@ -84,7 +121,10 @@ async fn a_server_without_jetstream_gets_a_clear_error() {
     })
     .await
     .unwrap();
-    let err = Registry::open(client, &RegistryConfig::default()).await.err().unwrap();
+    let err = Registry::open(client, &RegistryConfig::default())
+        .await
+        .err()
+        .unwrap();
     let _ = child.kill();
     let _ = child.wait();
     assert!(matches!(err, RegistryError::NoJetStream));

@@ -78,14 +78,17 @@ impl Worker {
         let registry = Registry::open(client, &config.registry).await.unwrap();
         let trusted = Arc::new(config.registry.trusted().unwrap());
         Worker::start_with(config, move |_| Source::Registry {
-            registry,
+            registry: Box::new(registry),
             models: selection,
             trusted,
         })
         .await
     }
 
-    async fn start_with(config: WorkerConfig, source: impl FnOnce(&WorkerConfig) -> Source) -> Worker {
+    async fn start_with(
+        config: WorkerConfig,
+        source: impl FnOnce(&WorkerConfig) -> Source,
+    ) -> Worker {
         let client = config.nats.connect("test-worker").await.unwrap();
         let metrics = Metrics::new();
         let health = Arc::new(Health::default());
@@ -103,7 +106,10 @@ impl Worker {
         };
         tokio::time::timeout(WAIT, async {
             while w.health.readiness().is_err() {
-                assert!(!w.task.as_ref().unwrap().is_finished(), "the worker stopped while starting");
+                assert!(
+                    !w.task.as_ref().unwrap().is_finished(),
+                    "the worker stopped while starting"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
