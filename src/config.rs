@@ -316,9 +316,10 @@ fn overlay_env(
             Ok(mut t) if !matches!(t["v"], toml::Value::Table(_)) => t.remove("v").expect("v"),
             _ => toml::Value::String(raw.clone()),
         };
-        let section = ["nats", "registry"]
-            .into_iter()
-            .find_map(|t| key.strip_prefix(&format!("{t}_")).map(|f| (t, f.to_owned())));
+        let section = ["nats", "registry"].into_iter().find_map(|t| {
+            key.strip_prefix(&format!("{t}_"))
+                .map(|f| (t, f.to_owned()))
+        });
         let (target, field) = match section {
             Some((name, field)) => {
                 let sub = table

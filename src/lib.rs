@@ -8,12 +8,14 @@
 //! - [`protocol`]: subjects, headers, the two encodings, request decoding, replies and error codes.
 //! - [`model`]: the `flotilla.model.v1` artifact, its validation and the forward pass.
 //! - [`batch`]: the bounded queue and the batching state.
+//! - [`registry`]: the JetStream model registry: manifests (KV), artifacts (object store), signing.
 //! - [`worker`]: subscribe, admit, batch, compute on rayon, reply; drain on shutdown.
 //! - [`discovery`]: the NATS services API (`$SRV.PING|INFO|STATS.flotilla`).
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`config`]: worker settings (defaults, TOML file, `FLOTILLA_*` environment) and NATS options.
 //! - [`client`]: a typed Rust client for the predict subject.
 //! - [`bench`]: the closed-loop load generator behind `flotilla bench`.
+//! - [`train`]: fit a model to a CSV file (linear, logistic, softmax, MLP) and measure it.
 //! - [`nats_server`]: starts a throwaway `nats-server` for the demo and the tests.
 
 pub mod batch;
@@ -25,6 +27,8 @@ pub mod metrics;
 pub mod model;
 pub mod nats_server;
 pub mod protocol;
+pub mod registry;
+pub mod train;
 pub mod worker;
 
 pub use client::{Client, ClientError};

@@ -5,7 +5,9 @@
 
 mod bench;
 mod demo;
+mod models;
 mod predict;
+mod train;
 mod worker;
 
 use std::path::PathBuf;
@@ -43,6 +45,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Start a local fleet (and a nats-server if none answers) and send it predictions.
     Demo(demo::DemoArgs),
+    /// Fit a model on a CSV file and write (or publish) it.
+    Train(train::TrainArgs),
+    /// Inspect and steer the model registry: list, show, history, publish, promote, rollback, canary, keygen.
+    Models(models::ModelsArgs),
 }
 
 /// How to reach NATS; shared by every subcommand. Anything not given here comes from the
@@ -104,8 +110,8 @@ impl NatsArgs {
 /// default, one-shot ones only warnings; `RUST_LOG` overrides both.
 pub fn init_tracing(args: &Args) {
     let default = match args.command {
-        Command::Worker(_) | Command::Demo(_) => "info,async_nats=warn",
-        Command::Predict(_) | Command::Bench(_) => "warn",
+        Command::Worker(_) | Command::Demo(_) | Command::Train(_) => "info,async_nats=warn",
+        Command::Predict(_) | Command::Bench(_) | Command::Models(_) => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -124,6 +130,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Predict(a) => predict::run(a).await,
         Command::Bench(a) => bench::run(a).await,
         Command::Demo(a) => demo::run(a, shutdown_on_signal()).await,
+        Command::Train(a) => train::run(a).await,
+        Command::Models(a) => models::run(a).await,
     }
 }
 
