@@ -159,17 +159,8 @@ impl Common {
     async fn registry(&self) -> anyhow::Result<Registry> {
         let settings = self.nats.settings()?;
         let client = settings.nats.connect("flotilla-models").await?;
-        Registry::open(client, &settings.registry)
-            .await
-            .map_err(whole)
+        Ok(Registry::open(client, &settings.registry).await?)
     }
-}
-
-/// Turns a library error into an `anyhow` error carrying only its message. The registry's
-/// and signing's messages already include their cause, which `main`'s `{:#}` would otherwise
-/// print a second time.
-fn whole(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -201,9 +192,9 @@ struct Metric {
 async fn list(args: Common) -> anyhow::Result<()> {
     let registry = args.registry().await?;
     let mut entries = Vec::new();
-    for model in registry.models().await.map_err(whole)? {
+    for model in registry.models().await? {
         // A model listed a moment ago has a manifest; skip it if it vanished meanwhile.
-        let Some((m, _)) = registry.manifest(&model).await.map_err(whole)? else {
+        let Some((m, _)) = registry.manifest(&model).await? else {
             continue;
         };
         let metric = m
@@ -284,7 +275,7 @@ struct VersionOutput {
 
 async fn show(args: NamedArgs) -> anyhow::Result<()> {
     let registry = args.common.registry().await?;
-    let (m, revision) = registry.require(&args.model).await.map_err(whole)?;
+    let (m, revision) = registry.require(&args.model).await?;
     let rollback_to = rollback_target(&m);
     let output = ShowOutput {
         model: m.model.clone(),
@@ -378,7 +369,7 @@ struct Change {
 
 async fn history(args: NamedArgs) -> anyhow::Result<()> {
     let registry = args.common.registry().await?;
-    let revisions = registry.history(&args.model).await.map_err(whole)?;
+    let revisions = registry.history(&args.model).await?;
     let Some(last) = revisions.last() else {
         bail!("model {:?} has no manifest revisions", args.model);
     };
@@ -491,8 +482,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .signing_key
         .as_deref()
         .map(signing::read_signing_key)
-        .transpose()
-        .map_err(whole)?;
+        .transpose()?;
     let registry = args.common.registry().await?;
     let published = registry
         .publish(
@@ -502,8 +492,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             key.as_ref(),
             args.promote,
         )
-        .await
-        .map_err(whole)?;
+        .await?;
     let output = PublishOutput {
         model: args.model,
         version: published.version,
@@ -570,8 +559,7 @@ async fn steer(
             change(m)?;
             Ok((before, Serving::of(m)))
         })
-        .await
-        .map_err(whole)?;
+        .await?;
     let parts = state_changes(
         (before.current, before.canary),
         (after.current, after.canary),
