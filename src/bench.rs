@@ -234,7 +234,9 @@ pub fn sized_mlp(target_bytes: usize, seed: u64) -> crate::model::Artifact {
             layer(width, width, "relu"),
             layer(width, 10, "softmax"),
         ],
-        metadata: Some(serde_json::json!({"metrics": {"accuracy": 0.5}, "trained_by": "flotilla bench"})),
+        metadata: Some(
+            serde_json::json!({"metrics": {"accuracy": 0.5}, "trained_by": "flotilla bench"}),
+        ),
         extra: Default::default(),
     }
 }
@@ -321,7 +323,9 @@ pub fn linear_artifact(features: usize, seed: u64) -> crate::model::Artifact {
         scaler: None,
         labels: None,
         layers: vec![LayerSpec {
-            weights: (0..features).map(|i| vec![(i as f64 + 1.0) / 10.0]).collect(),
+            weights: (0..features)
+                .map(|i| vec![(i as f64 + 1.0) / 10.0])
+                .collect(),
             bias: vec![seed as f64],
             activation: "identity".into(),
         }],

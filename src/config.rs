@@ -311,6 +311,10 @@ fn overlay_env(
         let Some(key) = var.strip_prefix("FLOTILLA_") else {
             continue;
         };
+        // The trainer's own settings (see train::TrainConfig).
+        if key.starts_with("TRAIN_") {
+            continue;
+        }
         let key = key.to_ascii_lowercase();
         let value = match format!("v = {raw}").parse::<toml::Table>() {
             Ok(mut t) if !matches!(t["v"], toml::Value::Table(_)) => t.remove("v").expect("v"),

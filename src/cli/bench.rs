@@ -176,11 +176,20 @@ async fn swapping(
         bench::linear_artifact(features, 0)
     };
     let first = first.to_bytes(ArtifactEncoding::MsgPack);
-    eprintln!("bench: publishing {model:?} ({} bytes) and starting {} workers", first.len(), args.spawn_workers);
+    eprintln!(
+        "bench: publishing {model:?} ({} bytes) and starting {} workers",
+        first.len(),
+        args.spawn_workers
+    );
     registry
         .publish(model, &first, Default::default(), None, Promote::Always)
         .await?;
-    let workers = Workers::spawn(&settings.nats.url, model, args.spawn_workers, args.nats.config.as_deref())?;
+    let workers = Workers::spawn(
+        &settings.nats.url,
+        model,
+        args.spawn_workers,
+        args.nats.config.as_deref(),
+    )?;
     let wait = async {
         while bench::fleet_versions(&nats, model, Duration::from_millis(50))
             .await
@@ -194,11 +203,19 @@ async fn swapping(
         .await
         .context("the workers did not come up within 30 s")?;
     let outcome = if let Some(swaps) = args.swaps {
-        let latencies =
-            bench::swap_latencies(&nats, &registry, model, args.spawn_workers, swaps, args.swap_bytes).await?;
+        let latencies = bench::swap_latencies(
+            &nats,
+            &registry,
+            model,
+            args.spawn_workers,
+            swaps,
+            args.swap_bytes,
+        )
+        .await?;
         let mut sorted = latencies.clone();
         sorted.sort_by(f64::total_cmp);
-        let pct = |p: f64| sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1];
+        let pct =
+            |p: f64| sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1];
         let report = serde_json::json!({
             "swaps": sorted.len(), "workers": args.spawn_workers, "model_bytes": args.swap_bytes,
             "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": sorted[sorted.len() - 1],
@@ -220,7 +237,11 @@ async fn swapping(
             duration: Duration::from_secs_f64(args.duration),
             rows: args.rows.max(1),
             features,
-            encoding: if args.msgpack { Encoding::MsgPack } else { Encoding::Json },
+            encoding: if args.msgpack {
+                Encoding::MsgPack
+            } else {
+                Encoding::Json
+            },
             timeout: Duration::from_secs(5),
         };
         let client = Client::new(nats.clone()).with_prefix(settings.subject_prefix.clone());
@@ -234,8 +255,13 @@ async fn swapping(
                 tokio::spawn(async move {
                     let mut n = 0u64;
                     while !stop.is_cancelled() {
-                        let artifact = bench::linear_artifact(features, 1 + n).to_bytes(ArtifactEncoding::MsgPack);
-                        if registry.publish(&model, &artifact, Default::default(), None, Promote::Always).await.is_ok() {
+                        let artifact = bench::linear_artifact(features, 1 + n)
+                            .to_bytes(ArtifactEncoding::MsgPack);
+                        if registry
+                            .publish(&model, &artifact, Default::default(), None, Promote::Always)
+                            .await
+                            .is_ok()
+                        {
                             n += 1;
                         }
                         tokio::time::sleep(every).await;
@@ -254,7 +280,10 @@ async fn swapping(
         }
         let ratio = bench::median(ratios);
         if args.json {
-            println!("{}", serde_json::json!({"median_throughput_ratio": ratio, "swaps": swapped}));
+            println!(
+                "{}",
+                serde_json::json!({"median_throughput_ratio": ratio, "swaps": swapped})
+            );
         } else {
             println!("median throughput ratio, swapping every {every:?} / no swaps: {ratio:.3} ({swapped} swaps)");
         }
@@ -268,13 +297,26 @@ async fn swapping(
 struct Workers(Vec<tokio::process::Child>);
 
 impl Workers {
-    fn spawn(url: &str, model: &str, n: usize, config: Option<&std::path::Path>) -> anyhow::Result<Workers> {
+    fn spawn(
+        url: &str,
+        model: &str,
+        n: usize,
+        config: Option<&std::path::Path>,
+    ) -> anyhow::Result<Workers> {
         let exe = std::env::current_exe().context("finding the flotilla executable")?;
         let mut children = Vec::new();
         for _ in 0..n {
             let mut command = tokio::process::Command::new(&exe);
             command
-                .args(["worker", "--nats", url, "--models", model, "--metrics-addr", ""])
+                .args([
+                    "worker",
+                    "--nats",
+                    url,
+                    "--models",
+                    model,
+                    "--metrics-addr",
+                    "",
+                ])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .kill_on_drop(true);

@@ -51,16 +51,31 @@ pub enum Command {
     Models(models::ModelsArgs),
 }
 
-/// How to reach NATS; shared by every subcommand. Anything not given here comes from the
-/// `[nats]` table of `--config` or `FLOTILLA_NATS_*` variables.
+/// How to reach NATS, and the settings file; shared by every subcommand but `train`, whose
+/// `--config` is the trainer's (it takes [`NatsFlags`] and `--registry-config`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222].
-    #[arg(long = "nats", value_name = "URL")]
-    pub url: Option<String>,
+    #[command(flatten)]
+    pub flags: NatsFlags,
     /// Settings file (TOML), e.g. config/worker.toml.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// Settings from defaults, `--config`, the environment, then the flags.
+    pub fn settings(&self) -> anyhow::Result<WorkerConfig> {
+        self.flags.settings(self.config.as_deref())
+    }
+}
+
+/// NATS URL and authentication flags. Anything not given here comes from the `[nats]` table
+/// of the settings file or `FLOTILLA_NATS_*` variables.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsFlags {
+    /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222].
+    #[arg(long = "nats", value_name = "URL")]
+    pub url: Option<String>,
     /// NATS user (with --nats-password).
     #[arg(long)]
     pub nats_user: Option<String>,
@@ -78,10 +93,10 @@ pub struct NatsArgs {
     pub nats_tls_ca: Option<PathBuf>,
 }
 
-impl NatsArgs {
-    /// Settings from defaults, `--config`, the environment, then these flags.
-    pub fn settings(&self) -> anyhow::Result<WorkerConfig> {
-        let mut config = WorkerConfig::load(self.config.as_deref(), std::env::vars())?;
+impl NatsFlags {
+    /// Settings from defaults, `file`, the environment, then these flags.
+    pub fn settings(&self, file: Option<&std::path::Path>) -> anyhow::Result<WorkerConfig> {
+        let mut config = WorkerConfig::load(file, std::env::vars())?;
         let nats = &mut config.nats;
         if let Some(url) = &self.url {
             nats.url = url.clone();
@@ -118,6 +133,7 @@ pub fn init_tracing(args: &Args) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    let builder = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -14,10 +14,13 @@ use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use flotilla::model::ArtifactEncoding;
 use flotilla::protocol::validate_model_name;
+use flotilla::registry::{signing, Promote, Registry};
 use flotilla::train::{
     self, EpochStats, HiddenActivation, ModelKind, OptimizerKind, Task, TrainConfig, Trained,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+
+use super::NatsFlags;
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
@@ -46,13 +49,13 @@ pub struct TrainArgs {
     /// [default: auto].
     #[arg(long, value_parser = choice::<Task>(Task::NAMES))]
     task: Option<Task>,
-    /// [default: adam]
+    /// How weights are updated from gradients [default: adam].
     #[arg(long, value_parser = choice::<OptimizerKind>(OptimizerKind::NAMES))]
     optimizer: Option<OptimizerKind>,
     /// Most passes over the training rows [default: 200].
     #[arg(long)]
     epochs: Option<usize>,
-    /// [default: 0.01]
+    /// Step size of each update [default: 0.01].
     #[arg(long, value_name = "RATE")]
     learning_rate: Option<f64>,
     /// SGD momentum [default: 0.9].
@@ -88,6 +91,22 @@ pub struct TrainArgs {
     /// Print the result as JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// When the new version becomes current: if-better (its validation metric is no worse
+    /// than the current version's), always, or never (publish only).
+    #[arg(long, value_enum, default_value = "if-better")]
+    promote: Promote,
+    /// Sign the published version with this secret key (from `flotilla models keygen`).
+    #[arg(long, value_name = "FILE")]
+    signing_key: Option<PathBuf>,
+    /// Train (and write --out) without publishing to the registry.
+    #[arg(long)]
+    no_publish: bool,
+    /// Fleet settings file (the [nats] and [registry] tables of config/worker.toml) for
+    /// publishing.
+    #[arg(long, value_name = "FILE")]
+    registry_config: Option<PathBuf>,
+    #[command(flatten)]
+    nats: NatsFlags,
 }
 
 /// A clap parser that lists `names` in `--help` and errors, and parses into `T`.
@@ -134,6 +153,22 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         .map_err(anyhow::Error::msg)
         .context("--name")?;
     let config = args.settings()?;
+    // Settle where it will be published before spending time on training.
+    let destination = if args.no_publish {
+        None
+    } else {
+        let settings = args.nats.settings(args.registry_config.as_deref())?;
+        let signing_key = args
+            .signing_key
+            .as_deref()
+            .map(signing::read_signing_key)
+            .transpose()?;
+        let client = settings.nats.connect("flotilla-train").await?;
+        Some((
+            Registry::open(client, &settings.registry).await?,
+            signing_key,
+        ))
+    };
     let kind = args.kind;
     let max_epochs = config.epochs;
     let (data, target, plot) = (args.data.clone(), args.target.clone(), args.plot.clone());
@@ -181,13 +216,35 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         seconds = elapsed.as_secs_f64(),
         "training finished"
     );
+    let published = match destination {
+        None => None,
+        Some((registry, key)) => {
+            let bytes = trained.artifact.to_bytes(ArtifactEncoding::MsgPack);
+            let metrics = trained.metrics.clone().into_iter().collect();
+            Some(
+                registry
+                    .publish(&args.name, &bytes, metrics, key.as_ref(), args.promote)
+                    .await?,
+            )
+        }
+    };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary(&args, &trained, elapsed))?
-        );
+        let mut summary = summary(&args, &trained, elapsed);
+        summary["published"] = match &published {
+            None => serde_json::Value::Null,
+            Some(p) => serde_json::json!({
+                "version": p.version, "promoted": p.promoted, "reason": p.reason, "sha256": p.sha256,
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_text(&args, &trained, max_epochs, elapsed);
+        if let Some(p) = &published {
+            println!(
+                "published {} version {}: {}",
+                args.name, p.version, p.reason
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -243,7 +300,7 @@ fn print_text(args: &TrainArgs, t: &Trained, max_epochs: usize, elapsed: Duratio
     }
     match &args.out {
         Some(out) => println!("wrote {}", out.display()),
-        None => println!("not saved (pass --out FILE to write the model)"),
+        None => println!("artifact not written to a file (pass --out FILE for that)"),
     }
     if let Some(plot) = &args.plot {
         println!("wrote {}", plot.display());

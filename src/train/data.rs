@@ -184,8 +184,8 @@ impl Dataset {
             .collect()
     }
 
-    /// The target as class labels. Numeric targets become labels by their value, so `1` and
-    /// `1.0` are one class, written `1`.
+    /// The target as class labels. Numeric targets are told apart by value, so `1` and `1.0`
+    /// are one class, named by its text where it first occurs.
     pub fn classes(&self) -> Classes {
         if self.target_is_numeric() {
             // `+ 0.0` turns -0 into 0, which `total_cmp` would otherwise tell apart.
@@ -197,7 +197,7 @@ impl Dataset {
             let mut distinct = values.clone();
             distinct.sort_by(f64::total_cmp);
             distinct.dedup();
-            let index = values
+            let index: Vec<usize> = values
                 .iter()
                 .map(|v| {
                     distinct
@@ -205,10 +205,12 @@ impl Dataset {
                         .expect("every value is in the distinct list")
                 })
                 .collect();
-            Classes {
-                labels: distinct.iter().map(f64::to_string).collect(),
-                index,
+            // Walking backwards leaves each class named by its first occurrence.
+            let mut labels = vec![String::new(); distinct.len()];
+            for (row, &class) in index.iter().enumerate().rev() {
+                labels[class] = self.y[row].clone();
             }
+            Classes { labels, index }
         } else {
             let labels: Vec<String> = self
                 .y
@@ -313,7 +315,7 @@ mod tests {
 
     #[test]
     fn numeric_classes_sort_by_value() {
-        let d = read("y,a\n10,1\n9,2\n10.0,3\n-0,4\n0,5\n", "y").unwrap();
+        let d = read("y,a\n10,1\n9,2\n10.0,3\n0,4\n-0,5\n", "y").unwrap();
         let c = d.classes();
         assert_eq!(c.labels, ["0", "9", "10"]);
         assert_eq!(c.index, [2, 1, 2, 0, 0]);

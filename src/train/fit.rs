@@ -587,4 +587,38 @@ mod tests {
         assert_eq!(t.artifact.labels.as_ref().unwrap().len(), 2);
         assert_eq!(t.artifact.outputs, 1);
     }
+
+    #[test]
+    fn an_mlp_regresses_numbers_unless_told_they_are_classes() {
+        let text = blobs(&["x", "y"], 1.0);
+        let codes: Vec<String> = text
+            .y
+            .iter()
+            .map(|l| (if l == "x" { "1" } else { "2.0" }).to_owned())
+            .collect();
+        let data = Dataset { y: codes, ..text };
+        let config = TrainConfig {
+            epochs: 5,
+            hidden: vec![4],
+            ..TrainConfig::default()
+        };
+        let t = fit(&data, ModelKind::Mlp, &config, &mut |_| {}).unwrap();
+        assert_eq!(t.primary_metric.name, "r2");
+        assert_eq!(t.artifact.layers[1].activation, "identity");
+        let classify = TrainConfig {
+            task: Task::Classification,
+            ..config
+        };
+        let t = fit(&data, ModelKind::Mlp, &classify, &mut |_| {}).unwrap();
+        assert_eq!(t.primary_metric.name, "accuracy");
+        assert_eq!(t.artifact.layers[1].activation, "sigmoid");
+        let labels: Vec<String> = t
+            .artifact
+            .labels
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(labels, ["1", "2.0"]);
+    }
 }

@@ -9,9 +9,9 @@
 const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The output of a SplitMix64 generator whose state is `x`: the state is first advanced by
-/// [`GOLDEN_GAMMA`], then mixed by Stafford's "Mix13" finaliser (shifts 30, 27, 31 and the two
-/// multipliers `0xBF58476D1CE4E5B9`, `0x94D049BB133111EB`), exactly as in Vigna's reference
-/// `splitmix64.c`. In Python, with every product masked to 64 bits:
+/// the golden gamma `0x9E3779B97F4A7C15`, then mixed by Stafford's "Mix13" finaliser (shifts
+/// 30, 27, 31 and the multipliers `0xBF58476D1CE4E5B9`, `0x94D049BB133111EB`), exactly as in
+/// Vigna's reference `splitmix64.c`. In Python, with every product masked to 64 bits:
 ///
 /// ```text
 /// z = (x + 0x9E3779B97F4A7C15) & M

@@ -318,3 +318,67 @@ async fn hot_swaps_under_load_fail_no_request_and_never_go_backwards() {
     );
     assert!(replies > 500, "only {replies} replies");
 }
+
+#[tokio::test]
+async fn train_publish_predict_end_to_end_and_the_gate_refuses_a_worse_model() {
+    let server = server();
+    let url = server.url();
+    let train = |extra: &'static [&'static str]| {
+        let url = url.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args(["train", "--data", "data/iris.csv", "--target", "species"])
+                .args([
+                    "--name", "iris", "--kind", "softmax", "--json", "--nats", &url,
+                ])
+                .args(extra)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        }
+    };
+    let first = train(&[]).await;
+    assert_eq!(first["published"]["version"], 1);
+    assert_eq!(first["published"]["promoted"], true);
+    assert!(first["metrics"]["accuracy"].as_f64().unwrap() >= 0.93);
+
+    let worker = Worker::follow(config(&server), "iris").await;
+    let client = Client::new(connect(&server).await);
+    let p = client
+        .predict(
+            "iris",
+            &[vec![5.1, 3.5, 1.4, 0.2], vec![6.7, 3.0, 5.2, 2.3]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.version, 1);
+    let labels: Vec<String> = p.labels.unwrap().iter().map(|l| l.to_string()).collect();
+    assert_eq!(labels, ["setosa", "virginica"]);
+
+    // One epoch of training is worse on validation: published, but not promoted.
+    let worse = train(&["--epochs", "1"]).await;
+    assert_eq!(worse["published"]["version"], 2);
+    assert_eq!(worse["published"]["promoted"], false, "{worse}");
+    assert!(worse["published"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("worse"));
+    let registry = registry(&server).await;
+    assert_eq!(registry.require("iris").await.unwrap().0.current, Some(1));
+    assert_eq!(
+        client
+            .predict("iris", &[vec![5.1, 3.5, 1.4, 0.2]])
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(worker.metric("flotilla_model_version{model=\"iris\"}"), 1.0);
+}
