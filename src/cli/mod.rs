@@ -46,7 +46,7 @@ pub enum Command {
     /// Start a local fleet (and a nats-server if none answers) and send it predictions.
     Demo(demo::DemoArgs),
     /// Fit a model on a CSV file and write (or publish) it.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Inspect and steer the model registry: list, show, history, publish, promote, rollback, canary, keygen.
     Models(models::ModelsArgs),
 }
@@ -146,7 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Predict(a) => predict::run(a).await,
         Command::Bench(a) => bench::run(a).await,
         Command::Demo(a) => demo::run(a, shutdown_on_signal()).await,
-        Command::Train(a) => train::run(a).await,
+        Command::Train(a) => train::run(*a).await,
         Command::Models(a) => models::run(a).await,
     }
 }
