@@ -1,14 +1,21 @@
-//! `flotilla demo`: a local fleet in one command. Uses the NATS at `--nats`, or starts a
-//! throwaway `nats-server`; starts two worker processes serving the example models; sends a
-//! few predictions; waits for Ctrl-C and stops everything.
+//! `flotilla demo`: the whole loop in one command. Uses the NATS at `--nats`, or starts a
+//! throwaway `nats-server -js`; trains an iris classifier, publishes it to a registry, starts
+//! two worker processes following that registry, sends predictions, then retrains a better
+//! model and shows each worker switching versions live. Ctrl-C stops everything.
+//!
+//! The demo keeps to its own registry buckets (`flotilla-demo-*`) and model name, so running
+//! it against a shared NATS server touches nothing else there.
 
-use std::path::Path;
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use flotilla::client::Client;
+use flotilla::model::ArtifactEncoding;
 use flotilla::nats_server::NatsServer;
+use flotilla::registry::{Promote, Registry, RegistryConfig};
+use flotilla::train::{self, ModelKind, TrainConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -19,17 +26,14 @@ use super::NatsArgs;
 pub struct DemoArgs {
     #[command(flatten)]
     nats: NatsArgs,
-    /// Exit after printing the predictions instead of waiting for Ctrl-C.
+    /// Exit after the version switch instead of waiting for Ctrl-C.
     #[arg(long)]
     once: bool,
 }
 
-/// The example models, built into the binary so the demo works from any directory.
-const MODELS: [(&str, &str); 3] = [
-    ("linear", include_str!("../../models/linear.json")),
-    ("iris", include_str!("../../models/iris.json")),
-    ("iris-mlp", include_str!("../../models/mlp.json")),
-];
+const MODEL: &str = "demo-iris";
+/// Iris, as shipped in data/, built in so the demo runs from any directory.
+const IRIS_CSV: &str = include_str!("../../data/iris.csv");
 
 pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
     let mut settings = args.nats.settings()?;
@@ -52,30 +56,35 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
             settings.nats.connect("flotilla-demo").await?
         }
     };
+    let registry_config = RegistryConfig {
+        kv_bucket: "flotilla-demo-manifests".into(),
+        object_bucket: "flotilla-demo-models".into(),
+        ..settings.registry.clone()
+    };
+    let registry = Registry::open(nats.clone(), &registry_config)
+        .await
+        .context("the demo needs JetStream for its model registry")?;
 
-    let dir = std::env::temp_dir().join(format!("flotilla-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut model_flags = Vec::new();
-    for (name, json) in MODELS {
-        let path = dir.join(format!("{name}.json"));
-        std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
-        model_flags.push(format!("{name}={}", path.display()));
-    }
+    println!("\n1. Training a softmax classifier on iris for 3 epochs (a deliberately weak start)");
+    let first = fit(3).await?;
+    let published = registry
+        .publish(MODEL, &first.0, first.1, None, Promote::Always)
+        .await?;
+    println!(
+        "   published {MODEL} version {}: {}",
+        published.version, published.reason
+    );
 
     let mut workers = Vec::new();
     let mut metrics_addrs = Vec::new();
     for _ in 0..2 {
         let addr = format!("127.0.0.1:{}", free_port()?);
-        workers.push(spawn_worker(
-            &settings.nats.url,
-            &model_flags,
-            &addr,
-            args.nats.config.as_deref(),
-        )?);
+        workers.push(spawn_worker(&settings.nats.url, &registry_config, &addr)?);
         metrics_addrs.push(addr);
     }
     let outcome = demo(
         &nats,
+        &registry,
         &settings.subject_prefix,
         &metrics_addrs,
         args.once,
@@ -95,13 +104,36 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         let _ = child.kill().await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
     outcome?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// Trains on the built-in iris data; returns the artifact and its validation metrics.
+async fn fit(epochs: usize) -> anyhow::Result<(Vec<u8>, BTreeMap<String, f64>)> {
+    tokio::task::spawn_blocking(move || {
+        let dataset = train::Dataset::from_reader(IRIS_CSV.as_bytes(), "data/iris.csv", "species")?;
+        let config = TrainConfig {
+            epochs,
+            ..TrainConfig::default()
+        };
+        let trained = train::fit(&dataset, ModelKind::Softmax, &config, &mut |_| {})?;
+        println!(
+            "   validation accuracy {:.3} after {} epochs",
+            trained.metrics.get("accuracy").copied().unwrap_or(f64::NAN),
+            trained.history.len()
+        );
+        Ok((
+            trained.artifact.to_bytes(ArtifactEncoding::MsgPack),
+            trained.metrics,
+        ))
+    })
+    .await
+    .context("the training thread panicked")?
+}
+
 async fn demo(
     nats: &async_nats::Client,
+    registry: &Registry,
     prefix: &str,
     metrics_addrs: &[String],
     once: bool,
@@ -110,35 +142,51 @@ async fn demo(
     for addr in metrics_addrs {
         wait_ready(addr).await?;
     }
-    println!("Two workers are serving linear, iris and iris-mlp\n");
+    println!("\n2. Two workers follow the registry and serve {MODEL}");
     let client = Client::new(nats.clone()).with_prefix(prefix);
-    let requests: [(&str, Vec<Vec<f64>>); 3] = [
-        (
-            "iris",
-            vec![vec![5.1, 3.5, 1.4, 0.2], vec![6.7, 3.0, 5.2, 2.3]],
-        ),
-        ("iris-mlp", vec![vec![5.9, 3.0, 4.2, 1.5]]),
-        (
-            "linear",
-            vec![vec![0.5, -1.0, 0.3, 0.0, 1.2, -0.7, 0.1, 0.9, -0.2, 0.4]],
-        ),
+    let rows = vec![
+        vec![5.1, 3.5, 1.4, 0.2],
+        vec![6.3, 2.8, 5.1, 1.5],
+        vec![6.7, 3.0, 5.2, 2.3],
     ];
-    for (model, rows) in requests {
-        let reply = client.predict(model, &rows).await?;
-        println!("predict {model} {rows:?}");
-        match &reply.labels {
-            Some(labels) => println!(
-                "  -> labels {:?}, probabilities {:.3?} (version {})",
-                labels.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
-                reply.outputs,
-                reply.version
-            ),
-            None => println!(
-                "  -> outputs {:.3?} (version {})",
-                reply.outputs, reply.version
-            ),
-        }
+    let p = client.predict(MODEL, &rows).await?;
+    println!("   predict {rows:?}");
+    println!(
+        "   -> {:?} (version {})",
+        p.labels
+            .unwrap_or_default()
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>(),
+        p.version
+    );
+
+    println!("\n3. Retraining for 200 epochs and publishing with --promote if-better");
+    let better = fit(200).await?;
+    // Watch both workers while the new version rolls out.
+    let watcher = tokio::spawn(watch_switch(nats.clone(), prefix.to_owned()));
+    let published = registry
+        .publish(MODEL, &better.0, better.1, None, Promote::IfBetter)
+        .await?;
+    println!(
+        "   published {MODEL} version {}: {}",
+        published.version, published.reason
+    );
+    let switches = watcher.await.context("the watcher failed")?;
+    for (worker, from, to, after) in switches {
+        println!("   worker {worker}: version {from} -> {to}, {after:.0?} after publishing began");
     }
+    let p = client.predict(MODEL, &rows).await?;
+    println!(
+        "   predict again -> {:?} (version {})",
+        p.labels
+            .unwrap_or_default()
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>(),
+        p.version
+    );
+
     println!(
         "\nMetrics: {}",
         metrics_addrs
@@ -148,7 +196,7 @@ async fn demo(
             .join("  ")
     );
     println!(
-        "Try: cargo run --release -- predict iris --x 5.1,3.5,1.4,0.2 --nats {}",
+        "Roll back with: flotilla models rollback {MODEL} --nats {} (with FLOTILLA_REGISTRY_KV_BUCKET=flotilla-demo-manifests FLOTILLA_REGISTRY_OBJECT_BUCKET=flotilla-demo-models)",
         nats_url_hint(nats)
     );
     if !once {
@@ -158,29 +206,65 @@ async fn demo(
     Ok(())
 }
 
+/// Sends requests for a few seconds and records, per worker, when its version changed.
+async fn watch_switch(
+    nats: async_nats::Client,
+    prefix: String,
+) -> Vec<(String, u64, u64, Duration)> {
+    let subject = flotilla::protocol::predict_subject(&prefix, MODEL);
+    let start = Instant::now();
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut switches = Vec::new();
+    while start.elapsed() < Duration::from_secs(3) && switches.len() < 2 {
+        let Ok(reply) = nats
+            .request(subject.clone(), r#"{"x": [5.9, 3.0, 5.1, 1.8]}"#.into())
+            .await
+        else {
+            continue;
+        };
+        let headers = reply.headers.unwrap_or_default();
+        let worker = headers
+            .get("Flotilla-Worker")
+            .map(|v| v.as_str().to_owned());
+        let version = headers
+            .get("Flotilla-Version")
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        if let (Some(worker), Some(version)) = (worker, version) {
+            let short: String = worker.chars().take(8).collect();
+            match versions.insert(short.clone(), version) {
+                Some(old) if old != version => {
+                    switches.push((short, old, version, start.elapsed()))
+                }
+                _ => {}
+            }
+        }
+    }
+    switches
+}
+
 fn nats_url_hint(nats: &async_nats::Client) -> String {
     let info = nats.server_info();
     format!("nats://{}:{}", info.host, info.port)
 }
 
-fn spawn_worker(
-    url: &str,
-    models: &[String],
-    metrics_addr: &str,
-    config: Option<&Path>,
-) -> anyhow::Result<Child> {
+fn spawn_worker(url: &str, registry: &RegistryConfig, metrics_addr: &str) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("finding the flotilla executable")?;
     let mut command = Command::new(exe);
     command
-        .arg("worker")
-        .args(["--nats", url, "--metrics-addr", metrics_addr]);
-    if let Some(config) = config {
-        command.arg("--config").arg(config);
-    }
-    for m in models {
-        command.args(["--model", m]);
-    }
-    command.kill_on_drop(true);
+        .args([
+            "worker",
+            "--nats",
+            url,
+            "--metrics-addr",
+            metrics_addr,
+            "--models",
+            MODEL,
+        ])
+        .env("FLOTILLA_REGISTRY_KV_BUCKET", &registry.kv_bucket)
+        .env("FLOTILLA_REGISTRY_OBJECT_BUCKET", &registry.object_bucket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
     command.spawn().context("starting a worker process")
 }
 

@@ -114,7 +114,20 @@ async fn demo_starts_a_fleet_and_prints_predictions() {
         stdout.contains(&format!("Using the NATS server at {}", server.url())),
         "{stdout}"
     );
-    assert!(stdout.contains("Two workers are serving"), "{stdout}");
+    assert!(
+        stdout.contains("Two workers follow the registry"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("published demo-iris version 1"), "{stdout}");
+    assert!(
+        stdout.contains("published demo-iris version 2: promoted"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("version 1 -> 2"),
+        "no worker was seen switching:\n{stdout}"
+    );
+    assert!(stdout.contains("(version 2)"), "{stdout}");
     assert!(
         stdout.contains("setosa") && stdout.contains("virginica"),
         "{stdout}"
