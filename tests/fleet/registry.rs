@@ -100,7 +100,7 @@ async fn concurrent_publishers_never_share_a_version() {
 }
 
 #[tokio::test]
-async fn a_server_without_jetstream_gets_a_clear_error() {
+async fn a_server_without_jetstream_gets_a_clear_error_and_file_workers_still_serve() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -121,12 +121,24 @@ async fn a_server_without_jetstream_gets_a_clear_error() {
     })
     .await
     .unwrap();
-    let err = Registry::open(client, &RegistryConfig::default())
+    let err = Registry::open(client.clone(), &RegistryConfig::default())
         .await
         .err()
         .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(matches!(err, RegistryError::NoJetStream));
     assert!(err.to_string().contains("-js"), "{err}");
+
+    // Workers serving model files do not need JetStream.
+    let mut cfg = flotilla::config::WorkerConfig::default();
+    cfg.nats.url = url.clone();
+    cfg.metrics_addr = String::new();
+    let worker = Worker::start(cfg, vec![("iris", example_model("iris"))]).await;
+    let p = flotilla::Client::new(client)
+        .predict("iris", &[vec![5.1, 3.5, 1.4, 0.2]])
+        .await
+        .unwrap();
+    assert_eq!(p.version, 1);
+    worker.stop().await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
 }
