@@ -10,7 +10,7 @@ use flotilla::client::Client;
 use flotilla::protocol::Encoding;
 use tokio_util::sync::CancellationToken;
 
-use super::NatsArgs;
+use super::{NatsArgs, WorkerProcesses};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -60,6 +60,24 @@ pub struct BenchArgs {
     spawn_workers: usize,
 }
 
+impl BenchArgs {
+    /// The closed loop these flags describe.
+    fn load_spec(&self, features: usize) -> LoadSpec {
+        LoadSpec {
+            concurrency: self.concurrency.max(1),
+            duration: Duration::from_secs_f64(self.duration),
+            rows: self.rows.max(1),
+            features,
+            encoding: if self.msgpack {
+                Encoding::MsgPack
+            } else {
+                Encoding::Json
+            },
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let settings = args.nats.settings()?;
     let nats = settings.nats.connect("flotilla-bench").await?;
@@ -77,18 +95,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 )
             })?,
     };
-    let spec = LoadSpec {
-        concurrency: args.concurrency.max(1),
-        duration: Duration::from_secs_f64(args.duration),
-        rows: args.rows.max(1),
-        features,
-        encoding: if args.msgpack {
-            Encoding::MsgPack
-        } else {
-            Encoding::Json
-        },
-        timeout: Duration::from_secs(5),
-    };
+    let spec = args.load_spec(features);
     let client = Client::new(nats.clone()).with_prefix(settings.subject_prefix.clone());
     eprintln!(
         "bench: model {:?}, concurrency {}, {} row(s) x {} features, {:?}, {:.1} s per run",
@@ -184,12 +191,12 @@ async fn swapping(
     registry
         .publish(model, &first, Default::default(), None, Promote::Always)
         .await?;
-    let workers = Workers::spawn(
-        &settings.nats.url,
-        model,
-        args.spawn_workers,
-        args.nats.config.as_deref(),
-    )?;
+    let mut workers = WorkerProcesses::default();
+    for _ in 0..args.spawn_workers {
+        let mut command = workers.command(&settings.nats.url, args.nats.config.as_deref())?;
+        command.args(["--models", model, "--metrics-addr", ""]);
+        workers.spawn(command)?;
+    }
     let wait = async {
         while bench::fleet_versions(&nats, model, Duration::from_millis(50))
             .await
@@ -232,18 +239,7 @@ async fn swapping(
         Ok(())
     } else {
         let every = Duration::from_millis(args.swap_every_ms.unwrap_or(100));
-        let spec = LoadSpec {
-            concurrency: args.concurrency.max(1),
-            duration: Duration::from_secs_f64(args.duration),
-            rows: args.rows.max(1),
-            features,
-            encoding: if args.msgpack {
-                Encoding::MsgPack
-            } else {
-                Encoding::Json
-            },
-            timeout: Duration::from_secs(5),
-        };
+        let spec = args.load_spec(features);
         let client = Client::new(nats.clone()).with_prefix(settings.subject_prefix.clone());
         let mut ratios = Vec::new();
         let mut swapped = 0u64;
@@ -291,54 +287,4 @@ async fn swapping(
     };
     workers.stop().await;
     outcome.map(|()| ExitCode::SUCCESS)
-}
-
-/// Worker processes started for a measurement, stopped with SIGTERM.
-struct Workers(Vec<tokio::process::Child>);
-
-impl Workers {
-    fn spawn(
-        url: &str,
-        model: &str,
-        n: usize,
-        config: Option<&std::path::Path>,
-    ) -> anyhow::Result<Workers> {
-        let exe = std::env::current_exe().context("finding the flotilla executable")?;
-        let mut children = Vec::new();
-        for _ in 0..n {
-            let mut command = tokio::process::Command::new(&exe);
-            command
-                .args([
-                    "worker",
-                    "--nats",
-                    url,
-                    "--models",
-                    model,
-                    "--metrics-addr",
-                    "",
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true);
-            if let Some(config) = config {
-                command.arg("--config").arg(config);
-            }
-            children.push(command.spawn().context("starting a worker")?);
-        }
-        Ok(Workers(children))
-    }
-
-    async fn stop(mut self) {
-        for child in &mut self.0 {
-            if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        }
-        for child in &mut self.0 {
-            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-        }
-    }
 }

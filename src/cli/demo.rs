@@ -17,10 +17,9 @@ use flotilla::nats_server::NatsServer;
 use flotilla::registry::{Promote, Registry, RegistryConfig};
 use flotilla::train::{self, ModelKind, TrainConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::NatsArgs;
+use super::{NatsArgs, WorkerProcesses};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -75,11 +74,19 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         published.version, published.reason
     );
 
-    let mut workers = Vec::new();
+    let mut workers = WorkerProcesses::default();
     let mut metrics_addrs = Vec::new();
     for _ in 0..2 {
         let addr = format!("127.0.0.1:{}", free_port()?);
-        workers.push(spawn_worker(&settings.nats.url, &registry_config, &addr)?);
+        let mut command = workers.command(&settings.nats.url, args.nats.config.as_deref())?;
+        command
+            .args(["--metrics-addr", &addr, "--models", MODEL])
+            .env("FLOTILLA_REGISTRY_KV_BUCKET", &registry_config.kv_bucket)
+            .env(
+                "FLOTILLA_REGISTRY_OBJECT_BUCKET",
+                &registry_config.object_bucket,
+            );
+        workers.spawn(command)?;
         metrics_addrs.push(addr);
     }
     let outcome = demo(
@@ -92,18 +99,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     )
     .await;
     println!("Stopping the workers");
-    for child in &mut workers {
-        if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-    }
-    for child in &mut workers {
-        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-        let _ = child.kill().await;
-    }
+    workers.stop().await;
     outcome?;
     Ok(ExitCode::SUCCESS)
 }
@@ -151,15 +147,7 @@ async fn demo(
     ];
     let p = client.predict(MODEL, &rows).await?;
     println!("   predict {rows:?}");
-    println!(
-        "   -> {:?} (version {})",
-        p.labels
-            .unwrap_or_default()
-            .iter()
-            .map(|l| l.to_string())
-            .collect::<Vec<_>>(),
-        p.version
-    );
+    println!("   -> {:?} (version {})", label_names(&p), p.version);
 
     println!("\n3. Retraining for 200 epochs and publishing with --promote if-better");
     let better = fit(200).await?;
@@ -179,11 +167,7 @@ async fn demo(
     let p = client.predict(MODEL, &rows).await?;
     println!(
         "   predict again -> {:?} (version {})",
-        p.labels
-            .unwrap_or_default()
-            .iter()
-            .map(|l| l.to_string())
-            .collect::<Vec<_>>(),
+        label_names(&p),
         p.version
     );
 
@@ -204,6 +188,10 @@ async fn demo(
         shutdown.cancelled().await;
     }
     Ok(())
+}
+
+fn label_names(p: &flotilla::Prediction) -> Vec<String> {
+    p.labels.iter().flatten().map(|l| l.to_string()).collect()
 }
 
 /// Sends requests for a few seconds and records, per worker, when its version changed.
@@ -245,27 +233,6 @@ async fn watch_switch(
 fn nats_url_hint(nats: &async_nats::Client) -> String {
     let info = nats.server_info();
     format!("nats://{}:{}", info.host, info.port)
-}
-
-fn spawn_worker(url: &str, registry: &RegistryConfig, metrics_addr: &str) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("finding the flotilla executable")?;
-    let mut command = Command::new(exe);
-    command
-        .args([
-            "worker",
-            "--nats",
-            url,
-            "--metrics-addr",
-            metrics_addr,
-            "--models",
-            MODEL,
-        ])
-        .env("FLOTILLA_REGISTRY_KV_BUCKET", &registry.kv_bucket)
-        .env("FLOTILLA_REGISTRY_OBJECT_BUCKET", &registry.object_bucket)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
-    command.spawn().context("starting a worker process")
 }
 
 /// Polls `/readyz` until it answers 200.

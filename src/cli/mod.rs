@@ -181,3 +181,57 @@ fn shutdown_on_signal() -> CancellationToken {
     });
     token
 }
+
+/// `flotilla worker` child processes (for the demo and the registry benches), stopped with
+/// SIGTERM so they drain, and killed if they outlive the handle.
+#[derive(Default)]
+pub struct WorkerProcesses(Vec<tokio::process::Child>);
+
+impl WorkerProcesses {
+    /// A `flotilla worker --nats URL [--config FILE]` command; the caller adds the rest.
+    pub fn command(
+        &self,
+        url: &str,
+        config: Option<&std::path::Path>,
+    ) -> anyhow::Result<tokio::process::Command> {
+        use anyhow::Context;
+        let exe = std::env::current_exe().context("finding the flotilla executable")?;
+        let mut command = tokio::process::Command::new(exe);
+        command
+            .args(["worker", "--nats", url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        Ok(command)
+    }
+
+    pub fn spawn(&mut self, mut command: tokio::process::Command) -> anyhow::Result<()> {
+        use anyhow::Context;
+        self.0
+            .push(command.spawn().context("starting a worker process")?);
+        Ok(())
+    }
+
+    /// SIGTERM to all, then up to 10 s each to drain and exit.
+    pub async fn stop(mut self) {
+        for child in &self.0 {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for child in &mut self.0 {
+            if tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
