@@ -207,8 +207,10 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 /// different for every `seed`: the payload of a swap benchmark.
 pub fn sized_mlp(target_bytes: usize, seed: u64) -> crate::model::Artifact {
     use crate::model::{Artifact, LayerSpec, FORMAT_V1};
-    // 64 inputs, two hidden layers of `width`, 10 outputs: about 9 * width^2 bytes.
-    let width = (((target_bytes / 9) as f64).sqrt() as usize).max(8);
+    // 64 inputs, two hidden layers of `width`, 10 outputs: (w^2 + 74w) weights and biases of
+    // 9 bytes each, so solve w^2 + 74w = target / 9.
+    let n = target_bytes as f64 / 9.0;
+    let width = (((74.0f64 * 74.0 + 4.0 * n).sqrt() - 74.0) / 2.0).max(8.0) as usize;
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
         state ^= state << 13;

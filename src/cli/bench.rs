@@ -224,7 +224,7 @@ async fn swapping(
         let pct =
             |p: f64| sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1];
         let report = serde_json::json!({
-            "swaps": sorted.len(), "workers": args.spawn_workers, "model_bytes": args.swap_bytes,
+            "swaps": sorted.len(), "workers": args.spawn_workers, "model_bytes": first.len(),
             "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": sorted[sorted.len() - 1],
             "mean_ms": sorted.iter().sum::<f64>() / sorted.len() as f64,
         });
@@ -233,7 +233,7 @@ async fn swapping(
         } else {
             println!(
                 "swap latency over {} swaps of a {} byte model to {} workers: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-                sorted.len(), args.swap_bytes, args.spawn_workers, pct(0.5), pct(0.99), sorted[sorted.len() - 1]
+                sorted.len(), first.len(), args.spawn_workers, pct(0.5), pct(0.99), sorted[sorted.len() - 1]
             );
         }
         Ok(())
