@@ -470,7 +470,8 @@ fn enqueue(
         arrived: received,
         deadline: options
             .timeout_ms
-            .map(|ms| received + Duration::from_millis(ms)),
+            // A budget past what Instant can represent is no deadline at all, not a panic.
+            .and_then(|ms| received.checked_add(Duration::from_millis(ms))),
         item: Job {
             reply: reply.clone(),
             encoding,

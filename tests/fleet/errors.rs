@@ -206,6 +206,19 @@ async fn version_too_large_deadline_and_internal_errors() {
     let reply = request(&nats, "iris", &[], huge).await;
     expect_error(&reply, 413, "too_large", false);
 
+    // A budget of u64::MAX ms is accepted (the deadline is computed without overflow).
+    let huge = u64::MAX.to_string();
+    let reply = request(
+        &nats,
+        "iris",
+        &[("Flotilla-Timeout-Ms", &huge)],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(reply.error_code(), None);
+    let reply = request(&nats, "iris", &[], body.clone()).await;
+    assert_eq!(reply.error_code(), None, "the worker still answers");
+
     // 504: no budget at all.
     let reply = request(&nats, "iris", &[("Flotilla-Timeout-Ms", "0")], body.clone()).await;
     expect_error(&reply, 504, "deadline_exceeded", false);
