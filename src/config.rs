@@ -141,17 +141,7 @@ impl WorkerConfig {
     ) -> Result<WorkerConfig, ConfigError> {
         let mut table = match file {
             None => toml::Table::new(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    })?
-            }
+            Some(path) => read_table(path)?,
         };
         overlay_env(&mut table, env)?;
         let config: WorkerConfig =
@@ -285,6 +275,28 @@ impl NatsConfig {
     }
 }
 
+/// Reads a TOML settings file; errors name the file.
+pub(crate) fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let origin = || path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: origin(),
+        source,
+    })?;
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        path: origin(),
+        message: e.to_string(),
+    })
+}
+
+/// An environment variable's value as a TOML scalar when it parses as one (`32`, `true`,
+/// `["a"]`), as a string otherwise.
+pub(crate) fn env_value(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) if !t["v"].is_table() => t.remove("v").expect("just parsed"),
+        _ => toml::Value::String(raw.to_owned()),
+    }
+}
+
 fn check_subject_tokens(key: &str, subject: &str) -> Result<(), ConfigError> {
     let bad = subject.is_empty()
         || subject
@@ -316,10 +328,7 @@ fn overlay_env(
             continue;
         }
         let key = key.to_ascii_lowercase();
-        let value = match format!("v = {raw}").parse::<toml::Table>() {
-            Ok(mut t) if !matches!(t["v"], toml::Value::Table(_)) => t.remove("v").expect("v"),
-            _ => toml::Value::String(raw.clone()),
-        };
+        let value = env_value(&raw);
         let section = ["nats", "registry"].into_iter().find_map(|t| {
             key.strip_prefix(&format!("{t}_"))
                 .map(|f| (t, f.to_owned()))

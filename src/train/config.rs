@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::models::{HiddenActivation, Task};
 use super::optim::OptimizerKind;
-use crate::config::ConfigError;
+use crate::config::{env_value, read_table, ConfigError};
 
 /// Prefix of the environment variables read by [`TrainConfig::load`].
 pub const ENV_PREFIX: &str = "FLOTILLA_TRAIN_";
@@ -89,26 +89,14 @@ impl TrainConfig {
         let mut settings: Vec<(String, toml::Value, String)> = Vec::new();
         if let Some(path) = file {
             let origin = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: origin.clone(),
-                source,
-            })?;
-            let table = text
-                .parse::<toml::Table>()
-                .map_err(|e| ConfigError::Parse {
-                    path: origin.clone(),
-                    message: e.to_string(),
-                })?;
+            let table = read_table(path)?;
             settings.extend(table.into_iter().map(|(k, v)| (k, v, origin.clone())));
         }
         for (var, raw) in env {
             let Some(key) = var.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            let value = match format!("v = {raw}").parse::<toml::Table>() {
-                Ok(mut t) if !t["v"].is_table() => t.remove("v").expect("just parsed"),
-                _ => toml::Value::String(raw.clone()),
-            };
+            let value = env_value(&raw);
             settings.push((key.to_ascii_lowercase(), value, var.clone()));
         }
 
