@@ -166,22 +166,8 @@ async fn worker_process_serves_metrics_health_and_readiness() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args([
-            "worker",
-            "--nats",
-            &server.url(),
-            "--metrics-addr",
-            &addr,
-            "--log-format",
-            "json",
-        ])
-        .arg("--model")
-        .arg(format!("iris={}", repo_path("models/iris.json").display()))
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let extra = ["--metrics-addr", &addr, "--log-format", "json"];
+    let mut child = worker_process(&server, "iris", "iris", &extra);
     let get = |path: &'static str| {
         let addr = addr.clone();
         async move {
@@ -225,8 +211,7 @@ async fn worker_process_serves_metrics_health_and_readiness() {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
     }
 
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    sigterm(&child);
     let status = tokio::time::timeout(WAIT, child.wait())
         .await
         .unwrap()

@@ -1,7 +1,6 @@
 //! Overload and shutdown: past the queue bound requests are refused at once, and a worker
 //! told to stop answers everything it accepted. Nothing goes unanswered.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,28 +91,13 @@ async fn in_process_shutdown_answers_everything_accepted() {
 #[tokio::test]
 async fn sigterm_during_load_loses_no_accepted_request_and_exits_zero() {
     let server = server();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["worker", "--nats", &server.url(), "--metrics-addr", ""])
-        .arg("--model")
-        .arg(format!("mlp={}", repo_path("models/mlp.json").display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = worker_process(&server, "mlp", "mlp", &["--metrics-addr", ""]);
     let client = Client::new(connect(&server).await);
     let spec = RequestSpec {
         timeout: Duration::from_secs(10),
         ..RequestSpec::default()
     };
-    // Wait until the worker answers.
-    tokio::time::timeout(WAIT, async {
-        while client.predict("mlp", &[vec![1.0; 4]]).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("worker never answered");
+    wait_answering(&client, "mlp", 4).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut loops = tokio::task::JoinSet::new();
@@ -139,8 +123,7 @@ async fn sigterm_during_load_loses_no_accepted_request_and_exits_zero() {
         });
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    sigterm(&child);
     let status = tokio::time::timeout(WAIT, child.wait())
         .await
         .expect("worker did not exit")
@@ -178,25 +161,11 @@ async fn sigterm_during_load_loses_no_accepted_request_and_exits_zero() {
 async fn an_idle_worker_exits_promptly_on_sigterm() {
     // The drain must not wait on traffic that will never come.
     let server = server();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["worker", "--nats", &server.url(), "--metrics-addr", ""])
-        .arg("--model")
-        .arg(format!("iris={}", repo_path("models/iris.json").display()))
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = worker_process(&server, "iris", "iris", &["--metrics-addr", ""]);
     let client = Client::new(connect(&server).await);
-    tokio::time::timeout(WAIT, async {
-        while client.predict("iris", &[vec![1.0; 4]]).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("worker never answered");
+    wait_answering(&client, "iris", 4).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    sigterm(&child);
     let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
         .await
         .expect("an idle worker must exit within seconds of SIGTERM")

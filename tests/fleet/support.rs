@@ -294,3 +294,43 @@ pub fn slow_model(inputs: usize) -> Model {
     });
     Model::from_bytes(&serde_json::to_vec(&artifact).unwrap()).unwrap()
 }
+
+/// A `flotilla worker` process serving `name` from `models/<file>.json`, with `extra` flags,
+/// stderr piped (for tests that read the log), killed on drop.
+pub fn worker_process(
+    server: &NatsServer,
+    name: &str,
+    file: &str,
+    extra: &[&str],
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["worker", "--nats", &server.url()])
+        .arg("--model")
+        .arg(format!(
+            "{name}={}",
+            repo_path(&format!("models/{file}.json")).display()
+        ))
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `model` answers a prediction of `features` ones.
+pub async fn wait_answering(client: &flotilla::Client, model: &str, features: usize) {
+    tokio::time::timeout(WAIT, async {
+        while client.predict(model, &[vec![1.0; features]]).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("worker never answered");
+}
+
+/// Asks a worker process to drain and exit, as an orchestrator would.
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("still running") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+}
