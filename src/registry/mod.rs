@@ -302,8 +302,8 @@ impl Registry {
         } else {
             metrics
         };
-        Model::from_artifact(parsed.clone()).map_err(|e| publish_error(e.to_string()))?;
-        let bytes = parsed.to_bytes(ArtifactEncoding::MsgPack);
+        let built = Model::from_artifact(parsed).map_err(|e| publish_error(e.to_string()))?;
+        let bytes = built.artifact().to_bytes(ArtifactEncoding::MsgPack);
         let sha256 = signing::to_hex(&Sha256::digest(&bytes));
         let (signature, signer) = match signing_key {
             Some(key) => {

@@ -16,7 +16,7 @@ mod compute;
 mod follow;
 mod live;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,7 +144,8 @@ struct Fleet {
     prefix: String,
     queue_group: String,
     limits: Limits,
-    slots: HashMap<String, Arc<Slot>>,
+    /// Names already served, so none is served twice.
+    served: HashSet<String>,
     endpoints: Arc<ArcSwap<Vec<Endpoint>>>,
     read_loops: JoinSet<()>,
     batch_loops: JoinSet<()>,
@@ -155,7 +156,7 @@ impl Fleet {
     /// Subscribes and starts serving `live` as model `name`.
     async fn add(&mut self, name: &str, live: Live) -> Result<Arc<Slot>, WorkerError> {
         protocol::validate_model_name(name).map_err(WorkerError::ModelName)?;
-        if self.slots.contains_key(name) {
+        if self.served.contains(name) {
             return Err(WorkerError::ModelName(format!(
                 "model {name:?} is listed twice"
             )));
@@ -198,7 +199,7 @@ impl Fleet {
             batcher,
             thread,
         ));
-        self.slots.insert(name.to_owned(), slot.clone());
+        self.served.insert(name.to_owned());
         Ok(slot)
     }
 }
@@ -243,7 +244,7 @@ pub async fn run(
             max_queue_rows: config.max_queue_rows,
             max_batch_delay: config.max_batch_delay(),
         },
-        slots: HashMap::new(),
+        served: HashSet::new(),
         endpoints: Arc::default(),
         read_loops: JoinSet::new(),
         batch_loops: JoinSet::new(),
