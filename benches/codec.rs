@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use flotilla::protocol::{Encoding, Label, MatrixRef, PredictReply, PredictRequest, YPred};
+use flotilla_proto::{Encoding, Label, MatrixRef, PredictReply, PredictRequest, YPred};
 
 /// (name, rows, features) of each request size.
 const REQUESTS: [(&str, usize, usize); 2] = [("1x10", 1, 10), ("256x64", 256, 64)];

@@ -18,9 +18,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use flotilla::model::{Artifact, LayerSpec, Scaler, FORMAT_V1};
-use flotilla::protocol::{Encoding, Label, MatrixRef, PredictReply, PredictRequest, Prediction};
-use flotilla::Model;
+use flotilla_model::{Artifact, Label, LayerSpec, Model, Scaler, FORMAT_V1};
+use flotilla_proto::{Encoding, MatrixRef, PredictReply, PredictRequest, Prediction};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 const ROWS: usize = 256;

@@ -2,6 +2,7 @@
 //! Everything it calls lives in the library or in `cli/`, which only wires parts together.
 
 mod cli;
+mod settings;
 
 use std::process::ExitCode;
 

@@ -6,9 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use flotilla::model::{Artifact, ArtifactEncoding, Model};
-use flotilla::protocol::Label;
-use flotilla::train::{self, Dataset, ModelKind, TrainConfig, Trained};
+use flotilla_model::{Artifact, ArtifactEncoding, Label, Model};
+use flotilla_train::{self as train, Dataset, ModelKind, TrainConfig, Trained};
 use ndarray::Axis;
 
 /// scikit-learn's LinearRegression on the same split, as printed by
@@ -250,14 +249,8 @@ fn the_cli_writes_the_model_and_the_plot_and_prints_json() {
     assert_eq!(report["model"], "iris");
     assert!(report["epochs_run"].as_u64().unwrap() <= 50);
     let model = Model::load(&out).unwrap();
-    assert_eq!(
-        model.artifact().metadata.as_ref().unwrap()["optimizer"],
-        "sgd"
-    );
-    assert_eq!(
-        model.artifact().metadata.as_ref().unwrap()["metrics"],
-        report["metrics"]
-    );
+    assert_eq!(model.metadata().unwrap()["optimizer"], "sgd");
+    assert_eq!(model.metadata().unwrap()["metrics"], report["metrics"]);
     assert_eq!(&std::fs::read(&plot).unwrap()[1..4], b"PNG");
 
     let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))

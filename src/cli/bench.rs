@@ -4,10 +4,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use super::load::{self as bench, LoadSpec, Report};
 use anyhow::Context;
-use flotilla::bench::{self, LoadSpec, Report};
-use flotilla::client::Client;
-use flotilla::protocol::Encoding;
+use flotilla_proto::client::Client;
+use flotilla_proto::Encoding;
 use tokio_util::sync::CancellationToken;
 
 use super::{NatsArgs, WorkerProcesses};
@@ -169,11 +169,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 /// (`--swap-every-ms`), each against workers this command starts.
 async fn swapping(
     args: &BenchArgs,
-    settings: &flotilla::config::WorkerConfig,
+    settings: &flotilla_worker::WorkerConfig,
     nats: async_nats::Client,
 ) -> anyhow::Result<ExitCode> {
-    use flotilla::model::ArtifactEncoding;
-    use flotilla::registry::{Promote, Registry};
+    use flotilla_model::ArtifactEncoding;
+    use flotilla_registry::{Promote, Registry};
     let registry = Registry::open(nats.clone(), &settings.registry).await?;
     let model = args.model.as_str();
     let features = args.features.unwrap_or(10);

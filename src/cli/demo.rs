@@ -11,11 +11,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use flotilla::client::Client;
-use flotilla::model::ArtifactEncoding;
-use flotilla::nats_server::NatsServer;
-use flotilla::registry::{Promote, Registry, RegistryConfig};
-use flotilla::train::{self, ModelKind, TrainConfig};
+use flotilla_model::ArtifactEncoding;
+use flotilla_proto::client::Client;
+use flotilla_registry::{Promote, Registry, RegistryConfig};
+use flotilla_testkit::NatsServer;
+use flotilla_train::{self as train, ModelKind, TrainConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -190,7 +190,7 @@ async fn demo(
     Ok(())
 }
 
-fn label_names(p: &flotilla::Prediction) -> Vec<String> {
+fn label_names(p: &flotilla_proto::Prediction) -> Vec<String> {
     p.labels.iter().flatten().map(|l| l.to_string()).collect()
 }
 
@@ -199,7 +199,7 @@ async fn watch_switch(
     nats: async_nats::Client,
     prefix: String,
 ) -> Vec<(String, u64, u64, Duration)> {
-    let subject = flotilla::protocol::predict_subject(&prefix, MODEL);
+    let subject = flotilla_proto::predict_subject(&prefix, MODEL);
     let start = Instant::now();
     let mut versions: BTreeMap<String, u64> = BTreeMap::new();
     let mut switches = Vec::new();
@@ -241,7 +241,7 @@ async fn wait_ready(addr: &str) -> anyhow::Result<()> {
     while start.elapsed() < Duration::from_secs(20) {
         if let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await {
             let _ = stream
-                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 .await;
             let mut response = String::new();
             let _ = stream.read_to_string(&mut response).await;

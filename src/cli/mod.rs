@@ -1,10 +1,11 @@
 //! Command-line surface: flags, subcommand dispatch, logging and signal wiring.
 //!
-//! Settings are layered (see `flotilla::config`): every subcommand reads `--config` and the
+//! Settings are layered by [`crate::settings`]: every subcommand reads `--config` and the
 //! `FLOTILLA_*` environment, then applies its own flags on top.
 
 mod bench;
 mod demo;
+mod load;
 mod models;
 mod predict;
 mod train;
@@ -14,8 +15,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use flotilla::config::WorkerConfig;
+use flotilla_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
+
+use crate::settings::{self, Setting};
 
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, about = "Inference worker fleet on NATS")]
@@ -91,34 +94,83 @@ pub struct NatsFlags {
     /// CA certificate to verify the NATS server with.
     #[arg(long, value_name = "FILE")]
     pub nats_tls_ca: Option<PathBuf>,
+    /// Prefix of this client's reply subjects (default _INBOX); with per-user inbox
+    /// permissions, no other client can read the replies.
+    #[arg(long, value_name = "PREFIX")]
+    pub nats_inbox_prefix: Option<String>,
 }
 
 impl NatsFlags {
     /// Settings from defaults, `file`, the environment, then these flags.
     pub fn settings(&self, file: Option<&std::path::Path>) -> anyhow::Result<WorkerConfig> {
-        let mut config = WorkerConfig::load(file, std::env::vars())?;
-        let nats = &mut config.nats;
-        if let Some(url) = &self.url {
-            nats.url = url.clone();
-        }
-        if self.nats_user.is_some() {
-            nats.user = self.nats_user.clone();
-        }
-        if self.nats_password.is_some() {
-            nats.password = self.nats_password.clone();
-        }
-        if self.nats_token.is_some() {
-            nats.token = self.nats_token.clone();
-        }
-        if self.nats_creds.is_some() {
-            nats.creds_file = self.nats_creds.clone();
-        }
-        if self.nats_tls_ca.is_some() {
-            nats.tls_ca = self.nats_tls_ca.clone();
-        }
-        config.validate()?;
-        Ok(config)
+        Ok(worker_settings(file, self.as_settings())?)
     }
+
+    /// These flags as settings, so an error can name the flag that set a bad value.
+    pub fn as_settings(&self) -> Vec<Setting> {
+        let path = |p: &PathBuf| p.display().to_string();
+        [
+            ("--nats", "nats.url", self.url.clone()),
+            ("--nats-user", "nats.user", self.nats_user.clone()),
+            (
+                "--nats-password",
+                "nats.password",
+                self.nats_password.clone(),
+            ),
+            ("--nats-token", "nats.token", self.nats_token.clone()),
+            (
+                "--nats-creds",
+                "nats.creds_file",
+                self.nats_creds.as_ref().map(path),
+            ),
+            (
+                "--nats-tls-ca",
+                "nats.tls_ca",
+                self.nats_tls_ca.as_ref().map(path),
+            ),
+            (
+                "--nats-inbox-prefix",
+                "nats.inbox_prefix",
+                self.nats_inbox_prefix.clone(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(flag, key, value)| value.map(|v| Setting::flag(flag, key, v)))
+        .collect()
+    }
+}
+
+/// Worker (and fleet) settings: defaults, `file`, `FLOTILLA_*` variables, then `flags`,
+/// validated with errors that name the key and where it was set.
+pub fn worker_settings(
+    file: Option<&std::path::Path>,
+    flags: Vec<Setting>,
+) -> Result<WorkerConfig, settings::SettingsError> {
+    let mut layers = match file {
+        Some(path) => settings::from_file(path)?,
+        None => Vec::new(),
+    };
+    layers.extend(settings::from_env(
+        std::env::vars(),
+        "FLOTILLA_",
+        &["nats", "registry"],
+        &["TRAIN_"],
+    ));
+    layers.extend(flags);
+    let (config, applied) = settings::load::<WorkerConfig>(layers)?;
+    config
+        .validate()
+        .map_err(|e| settings::check_failed(&applied, &e.key, e.message))?;
+    Ok(config)
+}
+
+/// `--promote`: lists the choices in `--help` and errors, parses into [`Promote`].
+pub fn promote_parser() -> impl clap::builder::TypedValueParser<Value = flotilla_registry::Promote>
+{
+    use clap::builder::TypedValueParser;
+    let names = flotilla_registry::Promote::ALL.map(|p| p.as_str());
+    clap::builder::PossibleValuesParser::new(names)
+        .map(|name| name.parse().expect("clap checked the name"))
 }
 
 /// Logs to stderr (stdout is for command output). Long-running commands log at `info` by

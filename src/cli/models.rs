@@ -1,6 +1,6 @@
 //! `flotilla models`: inspect and steer the JetStream model registry from the command line.
 //!
-//! Every subcommand is a thin layer over [`flotilla::registry::Registry`]: reads print the
+//! Every subcommand is a thin layer over [`flotilla_registry::Registry`]: reads print the
 //! manifests as aligned tables (or JSON with `--json`), and every change is one
 //! compare-and-swap [`Registry::update`], so an operator's command never silently undoes a
 //! concurrent publish. `keygen` is the one command that needs no server. The JSON shapes are
@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use flotilla::registry::{
+use flotilla_registry::{
     primary_metric, signing, Canary, Manifest, ManifestRevision, Promote, Registry,
 };
 use serde::Serialize;
@@ -78,7 +78,7 @@ struct PublishArgs {
     signing_key: Option<PathBuf>,
     /// When the new version becomes current: if its primary metric is no worse than the
     /// current version's, always, or never.
-    #[arg(long, value_enum, default_value_t = Promote::IfBetter)]
+    #[arg(long, default_value = "if-better", value_parser = super::promote_parser())]
     promote: Promote,
     #[command(flatten)]
     common: Common,
@@ -550,7 +550,7 @@ struct Steered {
 async fn steer(
     common: &Common,
     model: &str,
-    mut change: impl FnMut(&mut Manifest) -> Result<(), flotilla::registry::ManifestError>,
+    mut change: impl FnMut(&mut Manifest) -> Result<(), flotilla_registry::ManifestError>,
 ) -> anyhow::Result<()> {
     let registry = common.registry().await?;
     let (before, after) = registry
@@ -831,7 +831,7 @@ impl std::fmt::Display for Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla::registry::VersionInfo;
+    use flotilla_registry::VersionInfo;
 
     fn info() -> VersionInfo {
         VersionInfo {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use flotilla::client::{Client, RequestSpec};
-use flotilla::protocol::Encoding;
+use flotilla_proto::client::{Client, RequestSpec};
+use flotilla_proto::Encoding;
 
 use super::NatsArgs;
 

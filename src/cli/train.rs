@@ -1,6 +1,6 @@
 //! `flotilla train`: fit a model to a CSV file, print its validation metrics, and write the
 //! artifact (and, on request, a PNG of the loss curves). Training itself is the library's
-//! [`flotilla::train::fit`], run on a blocking thread; this file only wires flags, progress
+//! [`flotilla_train::fit`], run on a blocking thread; this file only wires flags, progress
 //! output and files around it.
 
 use std::fmt::Debug;
@@ -12,15 +12,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use flotilla::model::ArtifactEncoding;
-use flotilla::protocol::validate_model_name;
-use flotilla::registry::{signing, Promote, Registry};
-use flotilla::train::{
+use flotilla_model::ArtifactEncoding;
+use flotilla_proto::validate_model_name;
+use flotilla_registry::{signing, Promote, Registry};
+use flotilla_train::{
     self, EpochStats, HiddenActivation, ModelKind, OptimizerKind, Task, TrainConfig, Trained,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::NatsFlags;
+use crate::settings;
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
@@ -93,7 +94,7 @@ pub struct TrainArgs {
     json: bool,
     /// When the new version becomes current: if-better (its validation metric is no worse
     /// than the current version's), always, or never (publish only).
-    #[arg(long, value_enum, default_value = "if-better")]
+    #[arg(long, default_value = "if-better", value_parser = super::promote_parser())]
     promote: Promote,
     /// Sign the published version with this secret key (from `flotilla models keygen`).
     #[arg(long, value_name = "FILE")]
@@ -121,7 +122,17 @@ where
 impl TrainArgs {
     /// Settings from defaults, `--config`, `FLOTILLA_TRAIN_*`, then these flags.
     fn settings(&self) -> anyhow::Result<TrainConfig> {
-        let mut c = TrainConfig::load(self.config.as_deref(), std::env::vars())?;
+        let mut layers = match &self.config {
+            Some(path) => settings::from_file(path)?,
+            None => Vec::new(),
+        };
+        layers.extend(settings::from_env(
+            std::env::vars(),
+            flotilla_train::ENV_PREFIX,
+            &[],
+            &[],
+        ));
+        let (mut c, applied) = settings::load::<TrainConfig>(layers)?;
         if let Some(v) = &self.hidden {
             c.hidden = v.clone();
         }
@@ -143,7 +154,8 @@ impl TrainArgs {
             validation_fraction,
             seed
         );
-        c.validate()?;
+        c.validate()
+            .map_err(|e| settings::check_failed(&applied, &e.key, e.message))?;
         Ok(c)
     }
 }
@@ -177,10 +189,10 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     // Loading, training and drawing are CPU work: off the async runtime, onto rayon.
     let trained = tokio::task::spawn_blocking(move || -> anyhow::Result<Trained> {
-        let dataset = train::load_csv(&data, &target)?;
-        let task = train::resolve_task(&dataset, kind, config.task)?;
+        let dataset = flotilla_train::load_csv(&data, &target)?;
+        let task = flotilla_train::resolve_task(&dataset, kind, config.task)?;
         let progress = Progress::new(config.epochs, task);
-        let trained = train::fit(&dataset, kind, &config, &mut |e| progress.epoch(e));
+        let trained = flotilla_train::fit(&dataset, kind, &config, &mut |e| progress.epoch(e));
         progress.finish();
         let trained = trained?;
         if let Some(path) = &plot {
@@ -188,7 +200,7 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                 "{title}, validation {} {:.4}",
                 trained.primary_metric.name, trained.primary_metric.value
             );
-            train::write_loss_plot(path, &trained.history, trained.best_epoch, &title)?;
+            flotilla_train::write_loss_plot(path, &trained.history, trained.best_epoch, &title)?;
         }
         Ok(trained)
     })

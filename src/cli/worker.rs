@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use flotilla::metrics::{self, Health, Metrics};
-use flotilla::model::Model;
-use flotilla::registry::Registry;
-use flotilla::worker::{self, Selection, ServedModel, Source};
+use flotilla_model::Model;
+use flotilla_registry::Registry;
+use flotilla_worker::health::{self, Health};
+use flotilla_worker::Metrics;
+use flotilla_worker::{self as worker, Selection, ServedModel, Source};
 use tokio_util::sync::CancellationToken;
 
 use super::NatsArgs;
@@ -91,7 +92,7 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
                 )
             })?;
         tracing::info!(addr = %listener.local_addr()?, "metrics endpoint: /metrics /healthz /readyz");
-        tokio::spawn(metrics::serve(
+        tokio::spawn(health::serve(
             listener,
             metrics.clone(),
             health.clone(),

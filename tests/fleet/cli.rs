@@ -173,9 +173,11 @@ async fn worker_process_serves_metrics_health_and_readiness() {
         async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-                .await
-                .ok()?;
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .ok()?;
             let mut text = String::new();
             s.read_to_string(&mut text).await.ok()?;
             Some(text)

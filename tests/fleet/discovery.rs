@@ -34,7 +34,7 @@ async fn workers_register_with_the_services_api() {
     .await;
     let _b = Worker::start(config(&server), vec![("iris", example_model("iris"))]).await;
     let nats = connect(&server).await;
-    flotilla::Client::new(nats.clone())
+    flotilla_proto::Client::new(nats.clone())
         .predict("iris", &[vec![5.0, 3.0, 1.5, 0.2]])
         .await
         .unwrap();

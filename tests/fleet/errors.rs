@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flotilla::model::Model;
+use flotilla_model::Model;
 use serde_json::{json, Value};
 
 use crate::support::*;

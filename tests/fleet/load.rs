@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla::client::{Client, ClientError, RequestSpec};
-use flotilla::ErrorKind;
+use flotilla_proto::client::{Client, ClientError, RequestSpec};
+use flotilla_proto::ErrorKind;
 
 use crate::support::*;
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use flotilla::registry::signing;
+use flotilla_registry::signing;
 use serde_json::Value;
 
 use crate::support::*;

@@ -1,7 +1,7 @@
 //! Predictions round-trip in both encodings and match an independent forward pass.
 
-use flotilla::client::{Client, RequestSpec};
-use flotilla::protocol::{Encoding, Label};
+use flotilla_proto::client::{Client, RequestSpec};
+use flotilla_proto::{Encoding, Label};
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -200,7 +200,7 @@ async fn no_worker_means_no_responders_at_once() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, flotilla::ClientError::NoResponders { .. }),
+        matches!(err, flotilla_proto::ClientError::NoResponders { .. }),
         "{err}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(2));

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use flotilla::registry::{signing, Promote, Registry, RegistryConfig, RegistryError};
+use flotilla_registry::{signing, Promote, Registry, RegistryConfig, RegistryError};
 
 use crate::support::*;
 
@@ -129,11 +129,11 @@ async fn a_server_without_jetstream_gets_a_clear_error_and_file_workers_still_se
     assert!(err.to_string().contains("-js"), "{err}");
 
     // Workers serving model files do not need JetStream.
-    let mut cfg = flotilla::config::WorkerConfig::default();
+    let mut cfg = flotilla_worker::WorkerConfig::default();
     cfg.nats.url = url.clone();
     cfg.metrics_addr = String::new();
     let worker = Worker::start(cfg, vec![("iris", example_model("iris"))]).await;
-    let p = flotilla::Client::new(client)
+    let p = flotilla_proto::Client::new(client)
         .predict("iris", &[vec![5.1, 3.5, 1.4, 0.2]])
         .await
         .unwrap();

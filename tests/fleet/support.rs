@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use flotilla::config::WorkerConfig;
-use flotilla::metrics::{Health, Metrics};
-use flotilla::model::Model;
-pub use flotilla::nats_server::NatsServer;
-use flotilla::registry::Registry;
-use flotilla::worker::{self, Selection, ServedModel, Source, WorkerError};
+use flotilla_model::Model;
+use flotilla_registry::Registry;
+pub use flotilla_testkit::NatsServer;
+use flotilla_worker::WorkerConfig;
+use flotilla_worker::{self as worker, Selection, ServedModel, Source, WorkerError};
+use flotilla_worker::{Health, Metrics};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -319,7 +319,7 @@ pub fn worker_process(
 }
 
 /// Waits until `model` answers a prediction of `features` ones.
-pub async fn wait_answering(client: &flotilla::Client, model: &str, features: usize) {
+pub async fn wait_answering(client: &flotilla_proto::Client, model: &str, features: usize) {
     tokio::time::timeout(WAIT, async {
         while client.predict(model, &[vec![1.0; features]]).await.is_err() {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla::client::{Client, RequestSpec};
-use flotilla::registry::{signing, Promote, Registry, RegistryConfig};
+use flotilla_proto::client::{Client, RequestSpec};
+use flotilla_registry::{signing, Promote, Registry, RegistryConfig};
 use serde_json::json;
 
 use crate::support::*;

@@ -1,0 +1,440 @@
+//! The model registry, kept entirely in NATS JetStream (layout: `docs/registry.md`).
+//!
+//! Artifacts are immutable objects in an Object Store bucket, one per version, always stored
+//! as MessagePack. A key-value bucket holds one [`Manifest`] per model, changed only by
+//! compare-and-swap so that concurrent publishers never take the same version number and an
+//! operator's rollback never silently undoes a publish. Workers watch the key-value bucket
+//! and load what a manifest points at through [`Registry::load`], which checks the size,
+//! SHA-256 and (when keys are trusted) the signature before building the model.
+//!
+//! Works on nats-server 2.9 and newer: the key-value bucket's stream is created directly,
+//! since async-nats' `create_key_value` cannot parse 2.9's account info.
+
+mod config;
+mod error;
+pub mod manifest;
+pub mod signing;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+pub use config::RegistryConfig;
+pub use error::RegistryError;
+pub use manifest::{primary_metric, Canary, Manifest, ManifestError, Promote, VersionInfo};
+
+use flotilla_model::{Artifact, ArtifactEncoding, Dense, Model};
+use flotilla_proto::validate_model_name;
+
+/// What [`Registry::publish`] did.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub version: u64,
+    pub promoted: bool,
+    /// Why it was or was not promoted.
+    pub reason: String,
+    pub sha256: String,
+}
+
+/// One stored revision of a model's manifest: who was current, and when.
+#[derive(Debug, Clone)]
+pub struct ManifestRevision {
+    /// The key-value revision (the stream sequence that compare-and-swap compares).
+    pub revision: u64,
+    /// When the server stored it, RFC 3339.
+    pub created: String,
+    pub manifest: Manifest,
+}
+
+/// A handle on the registry's two buckets. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    kv: kv::Store,
+    objects: object_store::ObjectStore,
+    /// The manifest bucket's configured name, for error messages.
+    kv_bucket: Arc<str>,
+}
+
+const CAS_ATTEMPTS: usize = 50;
+
+impl Registry {
+    /// Opens the registry, creating its buckets if they do not exist yet.
+    pub async fn open(
+        client: async_nats::Client,
+        config: &RegistryConfig,
+    ) -> Result<Registry, RegistryError> {
+        // A server without JetStream has no responder on the API subjects.
+        match client.request("$JS.API.INFO", "".into()).await {
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                return Err(RegistryError::NoJetStream)
+            }
+            Err(e) => {
+                return Err(RegistryError::Bucket {
+                    bucket: config.kv_bucket.clone(),
+                    message: format!("asking the server about JetStream: {e}"),
+                })
+            }
+            Ok(_) => {}
+        }
+        let js = jetstream::new(client);
+        let bucket_error = |bucket: &str| {
+            let bucket = bucket.to_owned();
+            move |e: &dyn std::fmt::Display| RegistryError::Bucket {
+                bucket: bucket.clone(),
+                message: e.to_string(),
+            }
+        };
+        let kv_stream = format!("KV_{}", config.kv_bucket);
+        if js.get_stream(&kv_stream).await.is_err() {
+            let created = js
+                .create_stream(stream::Config {
+                    name: kv_stream,
+                    description: Some("flotilla model manifests".into()),
+                    subjects: vec![format!("$KV.{}.>", config.kv_bucket)],
+                    max_messages_per_subject: config.history.max(1),
+                    num_replicas: config.replicas.max(1),
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
+                    ..Default::default()
+                })
+                .await;
+            // Another process may have created it first; getting it below settles that.
+            if let Err(e) = created {
+                tracing::debug!(error = %e, "creating the manifest bucket");
+            }
+        }
+        let kv = js
+            .get_key_value(&config.kv_bucket)
+            .await
+            .map_err(|e| bucket_error(&config.kv_bucket)(&e))?;
+        let objects = match js.get_object_store(&config.object_bucket).await {
+            Ok(store) => store,
+            Err(_) => match js
+                .create_object_store(object_store::Config {
+                    bucket: config.object_bucket.clone(),
+                    description: Some("flotilla model artifacts".into()),
+                    num_replicas: config.replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(store) => store,
+                Err(_) => js
+                    .get_object_store(&config.object_bucket)
+                    .await
+                    .map_err(|e| bucket_error(&config.object_bucket)(&e))?,
+            },
+        };
+        Ok(Registry {
+            kv,
+            objects,
+            kv_bucket: config.kv_bucket.as_str().into(),
+        })
+    }
+
+    /// Every model with a manifest, sorted.
+    pub async fn models(&self) -> Result<Vec<String>, RegistryError> {
+        let mut keys = self.kv.keys().await.map_err(|e| RegistryError::Bucket {
+            bucket: self.kv_bucket.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            if let Ok(key) = key {
+                out.push(key);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The model's manifest and its revision, if it has one.
+    pub async fn manifest(&self, model: &str) -> Result<Option<(Manifest, u64)>, RegistryError> {
+        validate_model_name(model).map_err(RegistryError::ModelName)?;
+        let entry = self
+            .kv
+            .entry(model)
+            .await
+            .map_err(|e| RegistryError::Bucket {
+                bucket: self.kv_bucket.to_string(),
+                message: e.to_string(),
+            })?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                Ok(Some((parse_manifest(model, &e.value)?, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The manifest, or an error listing the models that exist.
+    pub async fn require(&self, model: &str) -> Result<(Manifest, u64), RegistryError> {
+        match self.manifest(model).await? {
+            Some(m) => Ok(m),
+            None => Err(RegistryError::UnknownModel {
+                model: model.into(),
+                models: self.models().await.unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Publishes an artifact (JSON or MessagePack) as the model's next version.
+    pub async fn publish(
+        &self,
+        model: &str,
+        artifact: &[u8],
+        metrics: BTreeMap<String, f64>,
+        signing_key: Option<&SigningKey>,
+        promote: Promote,
+    ) -> Result<Published, RegistryError> {
+        validate_model_name(model).map_err(RegistryError::ModelName)?;
+        let publish_error = |message: String| RegistryError::Publish {
+            model: model.into(),
+            message,
+        };
+        // Refuse what no worker could load, and store one canonical encoding.
+        let parsed = Artifact::from_bytes(artifact).map_err(|e| publish_error(e.to_string()))?;
+        let metrics = if metrics.is_empty() {
+            metrics_from_metadata(&parsed)
+        } else {
+            metrics
+        };
+        Dense::from_artifact(&parsed).map_err(|e| publish_error(e.to_string()))?;
+        let bytes = parsed.to_bytes(ArtifactEncoding::MsgPack);
+        let sha256 = signing::to_hex(&Sha256::digest(&bytes));
+        let (signature, signer) = match signing_key {
+            Some(key) => {
+                let (s, k) = signing::sign(key, model, &sha256);
+                (Some(s), Some(k))
+            }
+            None => (None, None),
+        };
+        // A name unique to this attempt: two publishers racing for a version number never
+        // write the same object, and the loser's object is simply never referenced.
+        let object = format!("{model}/{}", nuid::next());
+        self.objects
+            .put(object.as_str(), &mut bytes.as_slice())
+            .await
+            .map_err(|e| publish_error(format!("storing the artifact: {e}")))?;
+        let info = VersionInfo {
+            object,
+            sha256: sha256.clone(),
+            size: bytes.len() as u64,
+            signature,
+            signer,
+            metrics,
+            created: now_rfc3339(),
+        };
+        let (version, promoted, reason) = self
+            .update(model, true, |m| Ok(m.add_version(info.clone(), promote)))
+            .await?;
+        Ok(Published {
+            version,
+            promoted,
+            reason,
+            sha256,
+        })
+    }
+
+    /// Applies `change` to the model's manifest by compare-and-swap, retrying on conflict.
+    /// `create` allows a model without a manifest (publishing its first version).
+    pub async fn update<T>(
+        &self,
+        model: &str,
+        create: bool,
+        mut change: impl FnMut(&mut Manifest) -> Result<T, ManifestError>,
+    ) -> Result<T, RegistryError> {
+        for attempt in 0..CAS_ATTEMPTS {
+            let current = self.manifest(model).await?;
+            let (mut manifest, revision) = match current {
+                Some((m, r)) => (m, Some(r)),
+                None if create => (Manifest::new(model), None),
+                None => {
+                    return Err(RegistryError::UnknownModel {
+                        model: model.into(),
+                        models: self.models().await.unwrap_or_default(),
+                    })
+                }
+            };
+            let out = change(&mut manifest)?;
+            let value: bytes::Bytes = serde_json::to_vec(&manifest)
+                .expect("manifests always encode")
+                .into();
+            // Only a lost race (someone wrote a newer revision first) is worth retrying; any
+            // other failure is reported as it is.
+            let written = match revision {
+                None => match self.kv.create(model, value).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(None),
+                    Err(e) => Err(Some(e.to_string())),
+                },
+                Some(r) => match self.kv.update(model, value, r).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(None),
+                    Err(e) => Err(Some(e.to_string())),
+                },
+            };
+            match written {
+                Ok(()) => return Ok(out),
+                Err(Some(message)) => {
+                    return Err(RegistryError::Bucket {
+                        bucket: self.kv_bucket.to_string(),
+                        message: format!("writing the manifest of {model:?}: {message}"),
+                    })
+                }
+                Err(None) => {
+                    tracing::debug!(%model, attempt, "manifest changed under us; retrying");
+                    let jitter = (nuid::next().as_bytes()[0] % 8) as u64;
+                    tokio::time::sleep(Duration::from_millis(1 + jitter)).await;
+                }
+            }
+        }
+        Err(RegistryError::Contention {
+            model: model.into(),
+            attempts: CAS_ATTEMPTS,
+        })
+    }
+
+    /// Downloads, verifies and builds one version. CPU work (hashing, decoding, validation)
+    /// runs on a blocking thread.
+    pub async fn load(
+        &self,
+        model: &str,
+        version: u64,
+        info: &VersionInfo,
+        trusted: Arc<Vec<VerifyingKey>>,
+    ) -> Result<Model, RegistryError> {
+        let download = |message: String| RegistryError::Download {
+            model: model.into(),
+            version,
+            object: info.object.clone(),
+            message,
+        };
+        let mut object = self
+            .objects
+            .get(&info.object)
+            .await
+            .map_err(|e| download(e.to_string()))?;
+        let mut bytes = Vec::with_capacity(info.size as usize);
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| download(e.to_string()))?;
+        let (model_name, info) = (model.to_owned(), info.clone());
+        tokio::task::spawn_blocking(move || {
+            let actual = signing::to_hex(&Sha256::digest(&bytes));
+            if actual != info.sha256 || bytes.len() as u64 != info.size {
+                return Err(RegistryError::Checksum {
+                    model: model_name,
+                    version,
+                    expected: info.sha256,
+                    actual,
+                });
+            }
+            signing::verify(
+                &trusted,
+                &model_name,
+                version,
+                &info.sha256,
+                info.signature.as_deref(),
+            )?;
+            Model::from_bytes(&bytes).map_err(|source| RegistryError::Invalid {
+                model: model_name,
+                version,
+                source,
+            })
+        })
+        .await
+        .expect("model loading does not panic")
+    }
+
+    /// The model's manifest revisions the bucket still keeps (up to `history`), oldest first.
+    pub async fn history(&self, model: &str) -> Result<Vec<ManifestRevision>, RegistryError> {
+        // Also answers an unknown model with the list of known ones, and guarantees the key
+        // has entries: a history consumer on an empty subject would wait forever.
+        self.require(model).await?;
+        let bucket_error = |message: String| RegistryError::Bucket {
+            bucket: self.kv_bucket.to_string(),
+            message,
+        };
+        let mut entries = self
+            .kv
+            .history(model)
+            .await
+            .map_err(|e| bucket_error(e.to_string()))?;
+        let collect = async {
+            let mut out = Vec::new();
+            // The stream ends after the entry that was newest when it started.
+            while let Some(entry) = entries.next().await {
+                let entry = entry.map_err(|e| bucket_error(e.to_string()))?;
+                if entry.operation != kv::Operation::Put {
+                    continue;
+                }
+                out.push(ManifestRevision {
+                    revision: entry.revision,
+                    created: entry
+                        .created
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_else(|_| entry.created.to_string()),
+                    manifest: parse_manifest(model, &entry.value)?,
+                });
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(Duration::from_secs(10), collect)
+            .await
+            .map_err(|_| bucket_error(format!("reading the history of {model:?} timed out")))?
+    }
+
+    /// Watches every manifest change from now on.
+    pub async fn watch(&self) -> Result<kv::Watch, RegistryError> {
+        self.kv
+            .watch_all()
+            .await
+            .map_err(|e| RegistryError::Bucket {
+                bucket: self.kv_bucket.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The raw object store, for tests that tamper with artifacts.
+    pub fn objects(&self) -> &object_store::ObjectStore {
+        &self.objects
+    }
+}
+
+pub fn parse_manifest(model: &str, bytes: &[u8]) -> Result<Manifest, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|e| RegistryError::BadManifest {
+        model: model.into(),
+        message: e.to_string(),
+    })
+}
+
+/// Numeric `metadata.metrics` of an artifact trained elsewhere.
+fn metrics_from_metadata(artifact: &Artifact) -> BTreeMap<String, f64> {
+    artifact
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("metrics"))
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formats any UTC time")
+}

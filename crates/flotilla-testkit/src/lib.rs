@@ -1,0 +1,99 @@
+//! Test and demo support, kept out of the libraries users import: a throwaway `nats-server`
+//! process with its own JetStream directory, on a free port, killed when dropped. The demo uses
+//! it when no server answers; every end-to-end test starts one.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsServerError {
+    #[error(
+        "`nats-server` was not found on PATH; install it (Debian/Ubuntu: `apt-get install nats-server`, \
+         macOS: `brew install nats-server`, or a release from github.com/nats-io/nats-server)"
+    )]
+    NotInstalled,
+    #[error("starting nats-server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("nats-server did not accept connections on port {port} within {waited:?}")]
+    NotReady { port: u16, waited: Duration },
+}
+
+/// A running `nats-server`; killed (and its JetStream directory removed) on drop.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    store: std::path::PathBuf,
+}
+
+impl NatsServer {
+    /// Starts `nats-server -js` on a free loopback port.
+    pub fn start() -> Result<NatsServer, NatsServerError> {
+        let store = std::env::temp_dir().join(format!("flotilla-nats-{}", nuid::next()));
+        std::fs::create_dir_all(&store)?;
+        // Another process could take the port between our probe and the server's bind; retry.
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            match Self::start_on(port, &store) {
+                Ok(child) => {
+                    return Ok(NatsServer { child, port, store });
+                }
+                Err(e @ NatsServerError::NotInstalled) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn start_on(port: u16, store: &Path) -> Result<Child, NatsServerError> {
+        let mut child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => NatsServerError::NotInstalled,
+                _ => NatsServerError::Io(e),
+            })?;
+        let waited = Duration::from_secs(10);
+        let start = Instant::now();
+        while start.elapsed() < waited {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(child);
+            }
+            if let Some(status) = child.try_wait()? {
+                return Err(NatsServerError::Io(std::io::Error::other(format!(
+                    "nats-server exited with {status}"
+                ))));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        Err(NatsServerError::NotReady { port, waited })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -1,0 +1,300 @@
+//! The batch side of a model: take the next batch whenever the previous one is done, compute
+//! it on the model's own thread (fanning large batches out over the rayon pool), publish one
+//! reply per request.
+//!
+//! A batch is computed against the [`Live`] it found when it formed: requests are grouped by
+//! the version that serves them (current, canary or pinned) and each group runs through that
+//! version, so a swap in the middle of a batch changes nothing for it.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::{HeaderMap, Subject};
+use bytes::Bytes;
+use ndarray::Array2;
+use tokio::sync::oneshot;
+
+use crate::batch::{self, Batch, Entry};
+use crate::live::{Live, Slot, Target, Version};
+use crate::worker::Shared;
+use flotilla_model::Label;
+use flotilla_proto::headers::WORKER_HEADER;
+use flotilla_proto::{
+    error_reply, reply_headers, Encoding, ErrorKind, MatrixRef, PredictReply, PredictRequest,
+    ServiceError, YPred,
+};
+
+/// An admitted request waiting for its batch.
+pub struct Job {
+    pub reply: Subject,
+    pub encoding: Encoding,
+    pub request: PredictRequest,
+    pub target: Target,
+}
+
+/// A reply ready to publish.
+pub struct Outgoing {
+    pub reply: Subject,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+    pub code: u16,
+    pub error: Option<String>,
+    pub received: Instant,
+    /// The version that computed it, whose counters it goes to; errors count against the
+    /// current version.
+    pub version: Option<Arc<Version>>,
+}
+
+impl Outgoing {
+    pub fn error(
+        reply: Subject,
+        encoding: Encoding,
+        err: &ServiceError,
+        received: Instant,
+    ) -> Self {
+        let (headers, payload) = error_reply(encoding, err);
+        Outgoing {
+            reply,
+            headers,
+            payload,
+            code: err.kind.code(),
+            error: Some(err.message.clone()),
+            received,
+            version: None,
+        }
+    }
+}
+
+/// A dedicated OS thread that runs one model's batches, one at a time. It blocks when idle,
+/// where idle rayon workers spin-yield for a while (on a two-core machine that measurably
+/// steals the CPU that NATS needs); large batches still fan out over the rayon pool.
+pub struct ComputeThread {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl ComputeThread {
+    pub fn spawn(model: &str) -> std::io::Result<ComputeThread> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name(format!("flotilla-batch-{model}"))
+            .spawn(move || {
+                // Ends when the batch loop drops its sender.
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })?;
+        Ok(ComputeThread { jobs })
+    }
+
+    fn run(&self, job: Box<dyn FnOnce() + Send>) {
+        self.jobs
+            .send(job)
+            .expect("the compute thread lives as long as this handle");
+    }
+}
+
+/// Forms batches whenever the compute is free, computes them off the runtime, replies.
+pub async fn batch_loop(
+    shared: Shared,
+    slot: Arc<Slot>,
+    mut batcher: batch::Batcher<Job>,
+    compute_thread: ComputeThread,
+) {
+    while let Some(batch) = batcher.next_batch().await {
+        let formed = Instant::now();
+        slot.queue_rows.set(batcher.queued_rows() as i64);
+        let Batch {
+            entries, expired, ..
+        } = batch;
+        for entry in expired {
+            let waited = formed.duration_since(entry.arrived);
+            let err = ServiceError::new(
+                ErrorKind::DeadlineExceeded,
+                format!(
+                    "the Flotilla-Timeout-Ms budget ran out after {} ms waiting in the queue; not computed",
+                    waited.as_millis()
+                ),
+            );
+            let job = entry.item;
+            let out = Outgoing::error(job.reply, job.encoding, &err, entry.arrived);
+            publish(&shared, &slot, out).await;
+        }
+        if entries.is_empty() {
+            continue;
+        }
+        for entry in &entries {
+            slot.queue_duration
+                .observe(formed.duration_since(entry.arrived).as_secs_f64());
+        }
+        // Kept aside so that a panicking batch can still answer every caller.
+        let callers: Vec<_> = entries
+            .iter()
+            .map(|e| (e.item.reply.clone(), e.item.encoding, e.arrived))
+            .collect();
+        let live = slot.live.load_full();
+        let (tx, rx) = oneshot::channel();
+        let (compute_slot, pool) = (slot.clone(), shared.pool.clone());
+        compute_thread.run(Box::new(move || {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                compute(&live, entries, &compute_slot, &pool)
+            }));
+            let _ = tx.send(outcome);
+        }));
+        let replies = match rx.await {
+            Ok(Ok(replies)) => replies,
+            Ok(Err(panic)) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(model = %slot.name, %why, "batch computation panicked");
+                let err = ServiceError::internal(format!("computing the batch failed: {why}"));
+                callers
+                    .into_iter()
+                    .map(|(reply, enc, at)| Outgoing::error(reply, enc, &err, at))
+                    .collect()
+            }
+            Err(_) => unreachable!("the compute thread runs every job, which always sends"),
+        };
+        for out in replies {
+            publish(&shared, &slot, out).await;
+        }
+    }
+}
+
+/// Runs one batch on the calling (compute) thread: each version's share of it in one forward
+/// pass, fanned out over `pool` when large. Encodes every caller's reply.
+fn compute(
+    live: &Live,
+    entries: Vec<Entry<Job>>,
+    slot: &Slot,
+    pool: &rayon::ThreadPool,
+) -> Vec<Outgoing> {
+    let start = Instant::now();
+    let mut replies = Vec::with_capacity(entries.len());
+    let mut groups: BTreeMap<u64, (Arc<Version>, Vec<Entry<Job>>)> = BTreeMap::new();
+    for entry in entries {
+        // A swap between admission and now can retire a pinned version or change what a
+        // request must look like: such requests are refused alone.
+        let resolved = live.resolve(entry.item.target, &slot.name).and_then(|v| {
+            crate::read::check_features(&entry.item.request, &v.served.model, &slot.name)
+                .map(|()| v.clone())
+        });
+        match resolved {
+            Ok(version) => groups
+                .entry(version.number())
+                .or_insert_with(|| (version, Vec::new()))
+                .1
+                .push(entry),
+            Err(err) => replies.push(Outgoing::error(
+                entry.item.reply,
+                entry.item.encoding,
+                &err,
+                entry.arrived,
+            )),
+        }
+    }
+    let mut rows_total = 0;
+    for (version, group) in groups.into_values() {
+        let model = &version.served.model;
+        let rows: usize = group.iter().map(|e| e.rows).sum();
+        rows_total += rows;
+        let mut values = Vec::with_capacity(rows * model.inputs());
+        for entry in &group {
+            values.extend_from_slice(&entry.item.request.inputs.values);
+        }
+        let x = Array2::from_shape_vec((rows, model.inputs()), values)
+            .expect("every request was checked against the model's inputs");
+        let y = model.forward_on(pool, x.view());
+        let y = y.as_standard_layout();
+        let all = y.as_slice().expect("standard layout");
+        let outputs = model.outputs();
+        let mut offset = 0;
+        for entry in group {
+            let block = &all[offset * outputs..(offset + entry.rows) * outputs];
+            offset += entry.rows;
+            replies.push(encode_reply(&version, entry.item, block, entry.arrived));
+        }
+    }
+    if rows_total > 0 {
+        slot.batch_rows.observe(rows_total as f64);
+        slot.compute_duration.observe(start.elapsed().as_secs_f64());
+    }
+    replies
+}
+
+fn encode_reply(version: &Arc<Version>, job: Job, block: &[f64], received: Instant) -> Outgoing {
+    let served = &version.served;
+    let model = &served.model;
+    let outputs = model.outputs();
+    if let Some(i) = block.iter().position(|v| !v.is_finite()) {
+        let err = ServiceError::internal(format!(
+            "model {:?} version {} produced a non-finite output at row {} (inputs out of the range it was trained on?)",
+            served.name,
+            served.version,
+            i / outputs
+        ));
+        let mut out = Outgoing::error(job.reply, job.encoding, &err, received);
+        out.version = Some(version.clone());
+        return out;
+    }
+    let labels: Option<Vec<Label>> = model.is_classifier().then(|| {
+        block
+            .chunks(outputs)
+            .filter_map(|row| model.label(row))
+            .collect()
+    });
+    let y_pred = job.request.single.then(|| {
+        if outputs == 1 {
+            YPred::Scalar(block[0])
+        } else {
+            YPred::Row(&block[..outputs])
+        }
+    });
+    let body = PredictReply {
+        outputs: MatrixRef {
+            values: block,
+            cols: outputs,
+        },
+        labels: labels.as_deref(),
+        model: &served.name,
+        version: served.version,
+        id: job.request.id.as_deref(),
+        y_pred,
+    };
+    match job.encoding.encode(&body) {
+        Ok(payload) => Outgoing {
+            reply: job.reply,
+            headers: reply_headers(job.encoding, served.version),
+            payload,
+            code: 200,
+            error: None,
+            received,
+            version: Some(version.clone()),
+        },
+        Err(err) => Outgoing::error(job.reply, job.encoding, &err, received),
+    }
+}
+
+/// Publishes one reply and accounts for it.
+pub async fn publish(shared: &Shared, slot: &Slot, mut out: Outgoing) {
+    match &out.version {
+        Some(v) => v.count(out.code),
+        None => slot.live.load().current.count(out.code),
+    }
+    let elapsed = out.received.elapsed();
+    slot.request_duration.observe(elapsed.as_secs_f64());
+    slot.stats
+        .record(elapsed, out.error.as_deref().map(|m| (out.code, m)));
+    out.headers.insert(WORKER_HEADER, shared.worker_id.as_str());
+    if let Err(e) = shared
+        .client
+        .publish_with_headers(out.reply, out.headers, out.payload)
+        .await
+    {
+        tracing::warn!(model = %slot.name, error = %e, "publishing a reply failed");
+    }
+}

@@ -1,0 +1,37 @@
+//! A flotilla worker: serves models on `<prefix>.predict.<model>` from one queue group per
+//! model, gathers concurrent requests into batches, computes them off the async runtime, and
+//! replies to each caller with exactly its own rows. Models come from files or follow the
+//! JetStream registry, hot-swapped without failing a request.
+//!
+//! Per model there are two tasks. The *read loop* ([`read`]) owns the subscription and only
+//! admits or refuses; the *batch loop* ([`compute`]) takes the next batch whenever the previous
+//! one is done and has the model's compute thread run it. What a model serves is a [`live`]
+//! value swapped atomically; in registry mode [`follow`] builds new ones as manifests change.
+//!
+//! # Layout
+//! - [`worker`]: [`run`], the set of served models, start-up and drain.
+//! - `read`: the read loop: decode, check, admit or refuse at once.
+//! - [`batch`]: the row-bounded queue (a handle) and the batching state (plain code).
+//! - `compute`: the batch loop, the compute thread, encoding and publishing replies.
+//! - `live`: the versions served for a model, the canary, metric handles per version.
+//! - `follow`: registry mode: watch manifests, load, verify, warm up, swap.
+//! - [`discovery`]: the NATS services API (`$SRV.PING|INFO|STATS.flotilla`).
+//! - [`metrics`]: the Prometheus metrics; [`health`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`config`]: [`WorkerConfig`] and its validation.
+
+pub mod batch;
+mod compute;
+pub mod config;
+pub mod discovery;
+mod follow;
+pub mod health;
+mod live;
+pub mod metrics;
+mod read;
+pub mod worker;
+
+pub use config::WorkerConfig;
+pub use health::Health;
+pub use live::ServedModel;
+pub use metrics::Metrics;
+pub use worker::{run, Selection, Source, WorkerError};
