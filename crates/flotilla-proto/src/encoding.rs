@@ -7,7 +7,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
-use crate::headers::{header, CONTENT_TYPE};
+use crate::headers::{header, shown, CONTENT_TYPE};
 
 pub const JSON_CONTENT_TYPE: &str = "application/json";
 pub const MSGPACK_CONTENT_TYPE: &str = "application/msgpack";
@@ -29,7 +29,8 @@ impl Encoding {
                 JSON_CONTENT_TYPE => Ok(Encoding::Json),
                 MSGPACK_CONTENT_TYPE | "application/x-msgpack" => Ok(Encoding::MsgPack),
                 _ => Err(ServiceError::bad_request(format!(
-                    "Content-Type {value:?} is not supported; use {JSON_CONTENT_TYPE} or {MSGPACK_CONTENT_TYPE}"
+                    "Content-Type {} is not supported; use {JSON_CONTENT_TYPE} or {MSGPACK_CONTENT_TYPE}",
+                    shown(value)
                 ))),
             };
         }

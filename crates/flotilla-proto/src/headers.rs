@@ -53,7 +53,8 @@ impl RequestOptions {
                 None => Ok(None),
                 Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
                     ServiceError::bad_request(format!(
-                        "header {name} must be a non-negative integer, got {v:?}"
+                        "header {name} must be a non-negative integer, got {}",
+                        shown(v)
                     ))
                 }),
             }
@@ -62,5 +63,15 @@ impl RequestOptions {
             version: number(VERSION_HEADER)?,
             timeout_ms: number(TIMEOUT_HEADER)?,
         })
+    }
+}
+
+/// A caller's header value as an error message may quote it: at most 64 characters, so a
+/// 60,000-character value is not echoed back in `Nats-Service-Error`.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    match value.char_indices().nth(MAX) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
     }
 }

@@ -1,6 +1,7 @@
 //! Decoding a predict request body into one dense row-major buffer, with errors that say
 //! exactly where the input was wrong, and encoding one the way a client sends it.
 
+use std::cell::Cell;
 use std::fmt;
 
 use bytes::Bytes;
@@ -8,7 +9,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::encoding::Encoding;
-use crate::error::ServiceError;
+use crate::error::{ErrorKind, ServiceError};
 
 /// A decoded request body: `rows x features` values, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,23 +32,53 @@ impl PredictRequest {
     /// Decodes and checks a body: a map with `inputs` (rows of numbers) or `x` (one row).
     /// Every refusal names the offending field, row and column.
     pub fn decode(encoding: Encoding, body: &[u8]) -> Result<PredictRequest, ServiceError> {
+        PredictRequest::decode_limited(encoding, body, usize::MAX)
+    }
+
+    /// [`PredictRequest::decode`], refusing with 413 as soon as `inputs` has more than
+    /// `max_rows` rows: a huge body is not decoded to the end only to be refused.
+    ///
+    /// Nothing is ever sized from a length the body declares: a MessagePack array header can
+    /// claim four billion elements in five bytes, so buffers grow with the values actually
+    /// read, from a first guess no larger than the body itself.
+    pub fn decode_limited(
+        encoding: Encoding,
+        body: &[u8],
+        max_rows: usize,
+    ) -> Result<PredictRequest, ServiceError> {
         if body.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(ServiceError::bad_request(
                 "empty body; send a map with \"inputs\" (rows of numbers) or \"x\" (one row)",
             ));
         }
+        let limits = Limits {
+            max_rows,
+            max_values: body.len(),
+            too_many_rows: Cell::new(None),
+        };
+        let refuse = |what: &str, e: &dyn fmt::Display| {
+            if let Some(rows) = limits.too_many_rows.get() {
+                ServiceError::new(
+                    ErrorKind::TooLarge,
+                    format!("request has {rows} rows; this worker accepts at most {max_rows} per request (split it)"),
+                )
+            } else {
+                ServiceError::bad_request(format!("invalid {what} body: {e}"))
+            }
+        };
         let raw = match encoding {
             Encoding::Json => {
                 let mut de = serde_json::Deserializer::from_slice(body);
-                let raw = RawRequest::deserialize(&mut de).and_then(|r| de.end().map(|_| r));
-                raw.map_err(|e| ServiceError::bad_request(format!("invalid JSON body: {e}")))?
+                let raw = RawSeed(&limits)
+                    .deserialize(&mut de)
+                    .and_then(|r| de.end().map(|_| r));
+                raw.map_err(|e| refuse("JSON", &e))?
             }
             Encoding::MsgPack => {
                 let mut rest = body;
-                let raw = RawRequest::deserialize(&mut rmp_serde::Deserializer::new(&mut rest))
-                    .map_err(|e| {
-                        ServiceError::bad_request(format!("invalid MessagePack body: {e}"))
-                    })?;
+                let raw = RawSeed(&limits)
+                    .deserialize(&mut rmp_serde::Deserializer::new(&mut rest))
+                    .map_err(|e| refuse("MessagePack", &e))?;
                 if !rest.is_empty() {
                     return Err(ServiceError::bad_request(format!(
                         "invalid MessagePack body: {} trailing bytes after the request map",
@@ -104,15 +135,27 @@ struct RawRequest {
     id: Option<String>,
 }
 
-impl<'de> Deserialize<'de> for RawRequest {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(RawVisitor)
+/// What a body may hold, checked while it is read.
+struct Limits {
+    max_rows: usize,
+    /// A value takes at least one byte, so a body holds at most this many.
+    max_values: usize,
+    /// How many rows `inputs` had, when more than `max_rows`: the error becomes a 413.
+    too_many_rows: Cell<Option<usize>>,
+}
+
+struct RawSeed<'a>(&'a Limits);
+
+impl<'de> DeserializeSeed<'de> for RawSeed<'_> {
+    type Value = RawRequest;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawRequest, D::Error> {
+        d.deserialize_map(RawVisitor(self.0))
     }
 }
 
-struct RawVisitor;
+struct RawVisitor<'a>(&'a Limits);
 
-impl<'de> Visitor<'de> for RawVisitor {
+impl<'de> Visitor<'de> for RawVisitor<'_> {
     type Value = RawRequest;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a map with \"inputs\" or \"x\"")
@@ -125,7 +168,7 @@ impl<'de> Visitor<'de> for RawVisitor {
         };
         while let Some(key) = map.next_key::<KeyName>()? {
             match key.0.as_str() {
-                "inputs" => raw.inputs = Some(map.next_value_seed(MatrixSeed)?),
+                "inputs" => raw.inputs = Some(map.next_value_seed(MatrixSeed(self.0))?),
                 "x" => {
                     let mut rows = Rows {
                         values: Vec::new(),
@@ -183,25 +226,41 @@ impl<'de> Deserialize<'de> for KeyName {
 }
 
 /// Streams `inputs` straight into one flat buffer, checking each row's width as it goes.
-struct MatrixSeed;
+struct MatrixSeed<'a>(&'a Limits);
 
-impl<'de> DeserializeSeed<'de> for MatrixSeed {
+impl<'de> DeserializeSeed<'de> for MatrixSeed<'_> {
     type Value = Rows;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Rows, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for MatrixSeed {
+impl<'de> Visitor<'de> for MatrixSeed<'_> {
     type Value = Rows;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("\"inputs\" as a list of rows, each a list of numbers")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Rows, A::Error> {
-        let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(1) * 8);
+        // The declared length is only a hint, and an untrusted one: never reserve more
+        // values than the body has bytes.
+        let hint = seq.size_hint().unwrap_or(1).saturating_mul(8);
+        let mut values = Vec::with_capacity(hint.min(self.0.max_values).min(1 << 16));
         let mut rows = 0usize;
         let mut features = 0usize;
         loop {
+            if rows == self.0.max_rows {
+                // Past the limit, only count the rest (skipping allocates nothing), so the
+                // 413 can say how many rows came.
+                let mut extra = 0usize;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    extra += 1;
+                }
+                if extra > 0 {
+                    self.0.too_many_rows.set(Some(rows + extra));
+                    return Err(de::Error::custom("too many rows"));
+                }
+                break;
+            }
             let before = values.len();
             let seed = RowSeed {
                 out: &mut values,
@@ -358,7 +417,6 @@ impl<'de> Visitor<'de> for NumberSeed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorKind;
 
     fn json(body: &str) -> Result<PredictRequest, ServiceError> {
         PredictRequest::decode(Encoding::Json, body.as_bytes())
@@ -394,6 +452,32 @@ mod tests {
         assert!(e.message.contains("neither"), "{}", e.message);
         let e = json("").unwrap_err();
         assert!(e.message.contains("empty body"), "{}", e.message);
+    }
+
+    /// Issue 8, item 1: `81 a6 "inputs" dd ff ff ff ff` declares a four-billion-element array
+    /// in ten bytes; decoding it must not reserve memory from that length.
+    #[test]
+    fn a_declared_length_is_never_trusted() {
+        let mut body = vec![0x81, 0xa6];
+        body.extend_from_slice(b"inputs");
+        body.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
+        let e = PredictRequest::decode(Encoding::MsgPack, &body).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{}", e.message);
+        // The same inside a row, and a row count over the limit answers 413 early.
+        let mut body = vec![0x81, 0xa6];
+        body.extend_from_slice(b"inputs");
+        body.extend_from_slice(&[0x91, 0xdd, 0xff, 0xff, 0xff, 0xff]);
+        assert!(PredictRequest::decode(Encoding::MsgPack, &body).is_err());
+        let rows = vec![vec![1.0]; 5];
+        let body = PredictRequest::encode(Encoding::MsgPack, &rows, None);
+        let e = PredictRequest::decode_limited(Encoding::MsgPack, &body, 4).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TooLarge, "{}", e.message);
+        let e = PredictRequest::decode_limited(Encoding::Json, br#"{"inputs": [[1],[2],[3]]}"#, 2)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TooLarge, "{}", e.message);
+        assert!(
+            PredictRequest::decode_limited(Encoding::Json, br#"{"inputs": [[1],[2]]}"#, 2).is_ok()
+        );
     }
 
     #[test]

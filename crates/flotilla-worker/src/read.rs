@@ -185,17 +185,7 @@ fn check(
     draw: f64,
 ) -> Result<(PredictRequest, RequestOptions, live::Target), ServiceError> {
     let options = RequestOptions::from_headers(headers)?;
-    let request = PredictRequest::decode(encoding, payload)?;
-    let rows = request.inputs.rows;
-    if rows > settings.max_request_rows {
-        return Err(ServiceError::new(
-            ErrorKind::TooLarge,
-            format!(
-                "request has {rows} rows; this worker accepts at most {} per request (split it)",
-                settings.max_request_rows
-            ),
-        ));
-    }
+    let request = PredictRequest::decode_limited(encoding, payload, settings.max_request_rows)?;
     let live = slot.live.load();
     let target = live.draw(options.version, draw);
     let version = live.resolve(target, &slot.name)?;
