@@ -45,7 +45,7 @@ pub struct BenchArgs {
     json: bool,
     /// Swap latency: publish this many new versions of a ~--swap-bytes model to the registry
     /// as --model, and time each manifest change until every worker serves it.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     swaps: Option<usize>,
     /// Size of the swapped model (MessagePack bytes) for --swaps.
     #[arg(long, default_value_t = 1_000_000)]
@@ -287,4 +287,13 @@ async fn swapping(
     };
     workers.stop().await;
     outcome.map(|()| ExitCode::SUCCESS)
+}
+
+/// `--swaps` counts swaps to time: zero would leave nothing to report.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }

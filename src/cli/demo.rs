@@ -194,7 +194,12 @@ fn label_names(p: &flotilla_proto::Prediction) -> Vec<String> {
     p.labels.iter().flatten().map(|l| l.to_string()).collect()
 }
 
-/// Sends requests for a few seconds and records, per worker, when its version changed.
+/// The longest the demo waits for both workers to switch: a bound for a slow machine, not a
+/// window it always waits out (it returns as soon as both have switched).
+const SWITCH_BOUND: Duration = Duration::from_secs(30);
+
+/// Sends requests until both workers have switched version (or [`SWITCH_BOUND`] passes) and
+/// records, per worker, when its version changed.
 async fn watch_switch(
     nats: async_nats::Client,
     prefix: String,
@@ -203,7 +208,7 @@ async fn watch_switch(
     let start = Instant::now();
     let mut versions: BTreeMap<String, u64> = BTreeMap::new();
     let mut switches = Vec::new();
-    while start.elapsed() < Duration::from_secs(3) && switches.len() < 2 {
+    while start.elapsed() < SWITCH_BOUND && switches.len() < 2 {
         let Ok(reply) = nats
             .request(subject.clone(), r#"{"x": [5.9, 3.0, 5.1, 1.8]}"#.into())
             .await
@@ -212,10 +217,10 @@ async fn watch_switch(
         };
         let headers = reply.headers.unwrap_or_default();
         let worker = headers
-            .get("Flotilla-Worker")
+            .get(flotilla_proto::headers::WORKER_HEADER)
             .map(|v| v.as_str().to_owned());
         let version = headers
-            .get("Flotilla-Version")
+            .get(flotilla_proto::headers::VERSION_HEADER)
             .and_then(|v| v.as_str().parse::<u64>().ok());
         if let (Some(worker), Some(version)) = (worker, version) {
             let short: String = worker.chars().take(8).collect();

@@ -175,7 +175,7 @@ pub async fn start_echo(
 pub async fn discover_features(nats: &async_nats::Client, model: &str) -> Option<usize> {
     let reply = tokio::time::timeout(
         Duration::from_secs(2),
-        nats.request("$SRV.STATS.flotilla", "".into()),
+        nats.request(stats_subject(), "".into()),
     )
     .await
     .ok()?
@@ -255,7 +255,7 @@ pub async fn fleet_versions(
         return Vec::new();
     };
     if nats
-        .publish_with_reply("$SRV.STATS.flotilla", inbox, "".into())
+        .publish_with_reply(stats_subject(), inbox, "".into())
         .await
         .is_err()
     {
@@ -334,4 +334,10 @@ pub fn linear_artifact(features: usize, seed: u64) -> flotilla_model::Artifact {
         metadata: Some(serde_json::json!({"metrics": {"r2": 0.5}, "trained_by": "flotilla bench"})),
         extra: Default::default(),
     }
+}
+
+/// `$SRV.STATS.flotilla`: every worker's per-model stats.
+fn stats_subject() -> String {
+    use flotilla_proto::name::{service_subject, ServiceVerb, SERVICE_NAME};
+    service_subject(ServiceVerb::Stats, Some(SERVICE_NAME), None)
 }

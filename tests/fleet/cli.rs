@@ -239,3 +239,13 @@ async fn worker_process_serves_metrics_health_and_readiness() {
     // One line per model load, connection change and shutdown step; none per request.
     assert!(logs.lines().count() < 20, "{logs}");
 }
+
+/// Issue 6: `flotilla bench --swaps 0` panicked; it is refused with a message naming the flag.
+#[tokio::test]
+async fn bench_refuses_zero_swaps() {
+    let out = flotilla(&["bench", "--model", "m", "--swaps", "0"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--swaps"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -1,23 +1,30 @@
 //! The NATS services API: `$SRV.PING|INFO|STATS.flotilla` list the fleet and its models.
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use serde_json::Value;
 
 use crate::support::*;
 
-/// Collects every answer to a services API request for a short while.
-async fn gather(nats: &async_nats::Client, subject: &str) -> Vec<Value> {
+/// Collects the `expected` answers to a services API request, failing if they do not all
+/// come within the bound. Each answer names its instance, so a duplicate would show.
+async fn gather(nats: &async_nats::Client, subject: &str, expected: usize) -> Vec<Value> {
     let inbox = nats.new_inbox();
     let mut replies = nats.subscribe(inbox.clone()).await.unwrap();
     nats.publish_with_reply(subject.to_string(), inbox, "".into())
         .await
         .unwrap();
-    let mut out = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), replies.next()).await {
+    let mut out: Vec<Value> = Vec::new();
+    while out.len() < expected {
+        let m = tokio::time::timeout(WAIT, replies.next())
+            .await
+            .unwrap_or_else(|_| panic!("{subject}: {} of {expected} answers", out.len()))
+            .unwrap();
         out.push(serde_json::from_slice(&m.payload).unwrap());
     }
+    let mut ids: Vec<_> = out.iter().map(|v| v["id"].to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), expected, "one answer per worker: {out:?}");
     out
 }
 
@@ -39,23 +46,23 @@ async fn workers_register_with_the_services_api() {
         .await
         .unwrap();
 
-    let pings = gather(&nats, "$SRV.PING.flotilla").await;
+    let pings = gather(&nats, "$SRV.PING.flotilla", 2).await;
     assert_eq!(pings.len(), 2, "{pings:?}");
     for p in &pings {
         assert_eq!(p["type"], "io.nats.micro.v1.ping_response");
         assert_eq!(p["name"], "flotilla");
         assert!(p["id"].as_str().is_some_and(|id| !id.is_empty()));
     }
-    assert_eq!(gather(&nats, "$SRV.PING").await.len(), 2);
+    assert_eq!(gather(&nats, "$SRV.PING", 2).await.len(), 2);
     let id = pings[0]["id"].as_str().unwrap();
     assert_eq!(
-        gather(&nats, &format!("$SRV.PING.flotilla.{id}"))
+        gather(&nats, &format!("$SRV.PING.flotilla.{id}"), 1)
             .await
             .len(),
         1
     );
 
-    let infos = gather(&nats, "$SRV.INFO.flotilla").await;
+    let infos = gather(&nats, "$SRV.INFO.flotilla", 2).await;
     let mut endpoint_counts: Vec<usize> = infos
         .iter()
         .map(|i| {
@@ -72,7 +79,7 @@ async fn workers_register_with_the_services_api() {
     endpoint_counts.sort();
     assert_eq!(endpoint_counts, vec![1, 2]);
 
-    let stats = gather(&nats, "$SRV.STATS.flotilla").await;
+    let stats = gather(&nats, "$SRV.STATS.flotilla", 2).await;
     assert_eq!(stats.len(), 2);
     let mut iris_requests = 0;
     for s in &stats {

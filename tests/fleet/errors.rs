@@ -311,3 +311,51 @@ async fn a_bad_request_never_fails_its_batch_mates() {
         10.0
     );
 }
+
+/// Issue 6: isolation inside one batch, for a request that passes every check and only fails
+/// when computed (its output overflows), batched with good requests.
+#[tokio::test]
+async fn a_request_failing_at_compute_fails_alone_in_its_batch() {
+    let server = server();
+    let mut cfg = config(&server);
+    // Long enough that the requests below, sent together, form one batch.
+    cfg.max_batch_delay_us = 200_000;
+    let overflow = Model::from_bytes(
+        json!({"format": "flotilla.model.v1", "inputs": 1, "outputs": 1,
+               "layers": [{"weights": [[1e300]], "bias": [0], "activation": "identity"}]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let worker = Worker::start(cfg, vec![("overflow", overflow)]).await;
+    let nats = connect(&server).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..9usize {
+        let nats = nats.clone();
+        tasks.spawn(async move {
+            let x = if i == 4 { 1e10 } else { i as f64 * 1e-300 };
+            let reply = request(&nats, "overflow", &[], json!({"x": [x]}).to_string()).await;
+            (i, x, reply)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (i, x, reply) = done.unwrap();
+        if i == 4 {
+            let message = expect_error(&reply, 500, "internal", false);
+            assert!(message.contains("non-finite output"), "{message}");
+        } else {
+            assert_eq!(reply.error_code(), None, "request {i}: {:?}", reply.body);
+            let y = reply.json()["y_pred"].as_f64().unwrap();
+            assert_eq!(y, x * 1e300, "request {i}");
+        }
+    }
+    // All nine were computed in one forward pass.
+    assert_eq!(
+        worker.metric("flotilla_batch_rows_count{model=\"overflow\"}"),
+        1.0
+    );
+    assert_eq!(
+        worker.metric("flotilla_batch_rows_sum{model=\"overflow\"}"),
+        9.0
+    );
+}

@@ -70,8 +70,13 @@ async fn in_process_shutdown_answers_everything_accepted() {
     .expect("requests never queued");
     let health = worker.health.clone();
     let stopping = tokio::spawn(worker.stop());
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    assert!(health.readiness().is_err(), "not ready while draining");
+    tokio::time::timeout(WAIT, async {
+        while health.readiness().is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("still ready while draining");
     let mut answered = 0;
     while let Some(done) = tasks.join_next().await {
         match done.unwrap() {
@@ -100,9 +105,10 @@ async fn sigterm_during_load_loses_no_accepted_request_and_exits_zero() {
     wait_answering(&client, "mlp", 4).await;
 
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut loops = tokio::task::JoinSet::new();
     for t in 0..16 {
-        let (client, stop) = (client.clone(), stop.clone());
+        let (client, stop, answered) = (client.clone(), stop.clone(), answered.clone());
         loops.spawn(async move {
             let (mut ok, mut lost) = (0u32, Vec::new());
             let mut i = 0;
@@ -112,6 +118,7 @@ async fn sigterm_during_load_loses_no_accepted_request_and_exits_zero() {
                     Ok(p) => {
                         assert_eq!(p.outputs.len(), body.len());
                         ok += 1;
+                        answered.fetch_add(1, Ordering::Relaxed);
                     }
                     // The worker has unsubscribed: this request was never accepted.
                     Err(ClientError::NoResponders { .. }) => break,
@@ -122,7 +129,14 @@ async fn sigterm_during_load_loses_no_accepted_request_and_exits_zero() {
             (ok, lost)
         });
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Stop it in the middle of real load: once every client loop has had a few answers.
+    tokio::time::timeout(WAIT, async {
+        while answered.load(Ordering::Relaxed) < 200 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the load never got going");
     sigterm(&child);
     let status = tokio::time::timeout(WAIT, child.wait())
         .await

@@ -37,12 +37,14 @@ fn from_hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N], SigningEr
         what: what.to_owned(),
         len: N,
     };
-    if text.len() != 2 * N {
+    // Checked as bytes: slicing a `str` at byte offsets panics inside a multi-byte character.
+    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        let digit = |b: u8| (b as char).to_digit(16).expect("checked above") as u8;
+        *byte = digit(pair[0]) << 4 | digit(pair[1]);
     }
     Ok(out)
 }
@@ -131,6 +133,18 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 6: a non-ASCII key panicked on a byte-index slice.
+    #[test]
+    fn a_non_ascii_key_is_an_error_not_a_panic() {
+        let spec = "é".repeat(32);
+        assert_eq!(spec.len(), 64);
+        assert!(parse_public_key(&spec).is_err());
+        assert!(parse_public_key(&"zz".repeat(32)).is_err());
+        let public = generate().verifying_key();
+        let hex = to_hex(public.as_bytes());
+        assert_eq!(parse_public_key(&hex).unwrap(), public);
+    }
 
     #[test]
     fn sign_verify_and_refuse() {
