@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use flotilla_registry::signing;
+use flotilla_registry::{signing, Registry, RegistryConfig};
 use serde_json::Value;
 
 use crate::support::*;
@@ -396,11 +396,32 @@ async fn a_signed_publish_records_its_signer() {
     );
     let v = models.json(&["show", "iris"]).await;
     assert_eq!(v["versions"][0]["signer"], public);
+    assert_eq!(v["versions"][0]["signature_valid"], true);
     let stdout = models.ok(&["show", "iris"]).await;
     assert!(
         stdout.contains(&public[..12]) && !stdout.contains("unsigned"),
         "{stdout}"
     );
+
+    // Issue 8, item 15: a manifest can name any signer. Forge one: the real public key with a
+    // signature over another hash. `show` must not say "signed by" for it.
+    let registry = Registry::open(connect(&server).await, &RegistryConfig::default())
+        .await
+        .unwrap();
+    let forged = signing::sign(&signing::generate(), "iris", &"0".repeat(64)).0;
+    registry
+        .update("iris", false, |m| {
+            let info = m.versions.get_mut(&1).unwrap();
+            info.signature = Some(forged.clone());
+            info.signer = Some(public.to_owned());
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let v = models.json(&["show", "iris"]).await;
+    assert_eq!(v["versions"][0]["signature_valid"], false);
+    let stdout = models.ok(&["show", "iris"]).await;
+    assert!(stdout.contains("BAD SIGNATURE"), "{stdout}");
 
     let stderr = models
         .fails(&[

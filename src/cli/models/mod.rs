@@ -1,0 +1,175 @@
+//! `flotilla models`: inspect and steer the JetStream model registry from the command line.
+//!
+//! Every subcommand is a thin layer over [`flotilla_registry::Registry`]: reads print the
+//! manifests as aligned tables (or JSON with `--json`), and every change is one
+//! compare-and-swap [`Registry::update`], so an operator's command never silently undoes a
+//! concurrent publish. `keygen` is the one command that needs no server. The JSON shapes are
+//! documented in `docs/registry.md`; keep the two in step.
+//!
+//! - `inspect`: list, show, history.
+//! - `steer`: publish, promote, rollback, canary.
+//! - `keys`: keygen.
+//! - `format`: version states, tables and the short forms of hashes, sizes and times.
+
+mod format;
+mod inspect;
+mod keys;
+mod steer;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use flotilla_registry::{Promote, Registry};
+use serde::Serialize;
+
+use super::NatsArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    command: ModelsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Every model: current version, canary, number of versions, primary metric.
+    List(Common),
+    /// One model's manifest: current, canary, rollback stack and every version.
+    Show(NamedArgs),
+    /// One model's versions in order, and the manifest's recorded changes.
+    History(NamedArgs),
+    /// Publish a JSON or MessagePack artifact as the model's next version.
+    Publish(PublishArgs),
+    /// Make a version current.
+    Promote(PromoteArgs),
+    /// Make the previous current version (or --to VERSION) current again.
+    Rollback(RollbackArgs),
+    /// Send a share of unpinned requests to a version, or end the split with --clear.
+    Canary(CanaryArgs),
+    /// Write an ed25519 key pair for signing published versions.
+    Keygen(KeygenArgs),
+}
+
+/// Flags every registry subcommand takes.
+#[derive(Debug, clap::Args)]
+pub(super) struct Common {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Print JSON on stdout instead of a table (shapes: docs/registry.md).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct NamedArgs {
+    /// Model name.
+    model: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct PublishArgs {
+    /// Model name.
+    model: String,
+    /// The artifact (`flotilla.model.v1`, JSON or MessagePack); its `metadata.metrics` feed
+    /// the promotion gate.
+    file: PathBuf,
+    /// Secret key file from `flotilla models keygen`; workers that trust its public key
+    /// accept the version.
+    #[arg(long, value_name = "FILE")]
+    signing_key: Option<PathBuf>,
+    /// When the new version becomes current: if its primary metric is no worse than the
+    /// current version's, always, or never.
+    #[arg(long, default_value = "if-better", value_parser = super::promote_parser())]
+    promote: Promote,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct PromoteArgs {
+    /// Model name.
+    model: String,
+    /// The version to make current.
+    version: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct RollbackArgs {
+    /// Model name.
+    model: String,
+    /// The version to return to [default: the previous current version].
+    #[arg(long, value_name = "VERSION")]
+    to: Option<u64>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    group(clap::ArgGroup::new("action").required(true).args(["version", "clear"])),
+    override_usage = "flotilla models canary [OPTIONS] <MODEL> <VERSION> --weight <WEIGHT>\n       \
+                      flotilla models canary [OPTIONS] <MODEL> --clear"
+)]
+pub(super) struct CanaryArgs {
+    /// Model name.
+    model: String,
+    /// The canary version (with --weight).
+    #[arg(requires = "weight")]
+    version: Option<u64>,
+    /// Fraction of unpinned requests the canary takes, in (0, 1].
+    #[arg(long, requires = "version", allow_negative_numbers = true)]
+    weight: Option<f64>,
+    /// End the canary split: every unpinned request goes to the current version.
+    #[arg(long, conflicts_with_all = ["version", "weight"])]
+    clear: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct KeygenArgs {
+    /// Directory to write the key files into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+    /// Base name of the files: NAME.key (secret) and NAME.pub (public).
+    #[arg(long, default_value = "flotilla")]
+    name: String,
+    /// Print the paths and the public key as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        ModelsCommand::List(a) => inspect::list(a).await?,
+        ModelsCommand::Show(a) => inspect::show(a).await?,
+        ModelsCommand::History(a) => inspect::history(a).await?,
+        ModelsCommand::Publish(a) => steer::publish(a).await?,
+        ModelsCommand::Promote(a) => steer::promote(a).await?,
+        ModelsCommand::Rollback(a) => steer::rollback(a).await?,
+        ModelsCommand::Canary(a) => steer::canary(a).await?,
+        ModelsCommand::Keygen(a) => keys::keygen(a)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl Common {
+    /// Connects and opens the registry named by the layered settings.
+    async fn registry(&self) -> anyhow::Result<Registry> {
+        let settings = self.nats.settings()?;
+        let client = settings.nats.connect("flotilla-models").await?;
+        Ok(Registry::open(client, &settings.registry).await?)
+    }
+}
+
+pub(super) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

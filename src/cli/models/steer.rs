@@ -1,0 +1,157 @@
+//! Changing the registry: `publish`, then `promote`, `rollback` and `canary`, each one
+//! compare-and-swap of the manifest.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use flotilla_registry::{signing, Canary, Manifest};
+use serde::Serialize;
+
+use super::format::*;
+use super::*;
+
+// ---- publish -------------------------------------------------------------------------
+
+/// `publish --json`.
+#[derive(Debug, Serialize)]
+struct PublishOutput {
+    model: String,
+    version: u64,
+    promoted: bool,
+    /// Why the gate promoted the version or not.
+    reason: String,
+    sha256: String,
+    signer: Option<String>,
+}
+
+pub(super) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let artifact = std::fs::read(&args.file)
+        .with_context(|| format!("reading the artifact {}", args.file.display()))?;
+    let key = args
+        .signing_key
+        .as_deref()
+        .map(signing::read_signing_key)
+        .transpose()?;
+    let registry = args.common.registry().await?;
+    let published = registry
+        .publish(
+            &args.model,
+            &artifact,
+            BTreeMap::new(),
+            key.as_ref(),
+            args.promote,
+        )
+        .await?;
+    let output = PublishOutput {
+        model: args.model,
+        version: published.version,
+        promoted: published.promoted,
+        reason: published.reason,
+        sha256: published.sha256,
+        signer: key.map(|k| signing::public_hex(&k.verifying_key())),
+    };
+    if args.common.json {
+        return print_json(&output);
+    }
+    let signed = output
+        .signer
+        .as_deref()
+        .map_or("unsigned".into(), |s| format!("signed by {}", short(s)));
+    println!(
+        "{}: published version {} (sha256 {}, {signed})",
+        output.model,
+        output.version,
+        short(&output.sha256),
+    );
+    println!("{}", output.reason);
+    Ok(())
+}
+
+// ---- promote, rollback, canary -------------------------------------------------------
+
+/// What unpinned requests get: the part of a manifest the steering commands change.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+struct Serving {
+    current: Option<u64>,
+    canary: Option<Canary>,
+}
+
+impl Serving {
+    fn of(m: &Manifest) -> Serving {
+        Serving {
+            current: m.current,
+            canary: m.canary,
+        }
+    }
+}
+
+/// `promote|rollback|canary --json`.
+#[derive(Debug, Serialize)]
+struct Steered {
+    model: String,
+    before: Serving,
+    after: Serving,
+    /// The human-readable summary, e.g. "current 3 -> 2".
+    change: String,
+}
+
+/// Applies one manifest change by compare-and-swap and prints what it changed.
+async fn steer(
+    common: &Common,
+    model: &str,
+    mut change: impl FnMut(&mut Manifest) -> Result<(), flotilla_registry::ManifestError>,
+) -> anyhow::Result<()> {
+    let registry = common.registry().await?;
+    let (before, after) = registry
+        .update(model, false, |m| {
+            let before = Serving::of(m);
+            change(m)?;
+            Ok((before, Serving::of(m)))
+        })
+        .await?;
+    let parts = state_changes(
+        (before.current, before.canary),
+        (after.current, after.canary),
+    );
+    let change = if parts.is_empty() {
+        format!("unchanged (current {})", opt(after.current))
+    } else {
+        parts.join(", ")
+    };
+    if common.json {
+        return print_json(&Steered {
+            model: model.to_owned(),
+            before,
+            after,
+            change,
+        });
+    }
+    println!("{model}: {change}");
+    Ok(())
+}
+
+pub(super) async fn promote(args: PromoteArgs) -> anyhow::Result<()> {
+    steer(&args.common, &args.model, |m| m.promote(args.version)).await
+}
+
+pub(super) async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
+    steer(&args.common, &args.model, |m| m.rollback(args.to).map(drop)).await
+}
+
+pub(super) async fn canary(args: CanaryArgs) -> anyhow::Result<()> {
+    let target = if args.clear {
+        None
+    } else {
+        let version = args.version.expect("clap requires VERSION or --clear");
+        let weight = args.weight.expect("clap requires --weight with VERSION");
+        Some((version, weight))
+    };
+    steer(&args.common, &args.model, |m| match target {
+        Some((version, weight)) => m.set_canary(version, weight),
+        None => {
+            m.clear_canary();
+            Ok(())
+        }
+    })
+    .await
+}
