@@ -1,6 +1,13 @@
 //! Regression tests for issue 8 ("nothing a caller, a manifest or a lost node does can take a
 //! worker down"), each against a real nats-server. A test's name says which finding it guards.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_registry::{Promote, Registry, RegistryConfig};
+use tokio::io::AsyncReadExt;
+
 use crate::support::*;
 
 const IRIS_ROW: &str = r#"{"x": [5.1, 3.5, 1.4, 0.2]}"#;
@@ -41,4 +48,196 @@ async fn issue8_17_header_values_are_not_echoed_whole() {
     let reply = request(&nats, "iris", &[("Content-Type", &long_type)], IRIS_ROW).await;
     assert_eq!(reply.error_code(), Some(400));
     assert!(reply.header("Nats-Service-Error").unwrap().len() < 300);
+}
+
+/// A one-feature linear model `y = x + bias`: each version is told apart by its bias.
+fn linear(bias: f64) -> Vec<u8> {
+    serde_json::json!({"format": "flotilla.model.v1", "inputs": 1, "outputs": 1,
+           "layers": [{"weights": [[1.0]], "bias": [bias], "activation": "identity"}]})
+    .to_string()
+    .into_bytes()
+}
+
+async fn publish(registry: &Registry, bias: f64, promote: Promote) -> u64 {
+    registry
+        .publish("lin", &linear(bias), BTreeMap::new(), None, promote)
+        .await
+        .unwrap()
+        .version
+}
+
+/// The version that answers `lin` now.
+async fn served_version(nats: &async_nats::Client) -> u64 {
+    let reply = request(nats, "lin", &[], r#"{"x": [0]}"#).await;
+    assert_eq!(reply.error_code(), None, "{:?}", reply.body);
+    reply.header("Flotilla-Version").unwrap().parse().unwrap()
+}
+
+/// Waits (bounded) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// Waits (bounded) until `lin` is served at `version`.
+async fn until_served(nats: &async_nats::Client, version: u64) {
+    tokio::time::timeout(WAIT, async {
+        while served_version(nats).await != version {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("version {version} never served"));
+}
+
+async fn open_registry(server: &NatsServer, config: &RegistryConfig) -> Registry {
+    Registry::open(connect(server).await, config).await.unwrap()
+}
+
+/// Issue 8, item 2: a manifest declaring a 1 TiB artifact made every following worker reserve
+/// that much and crash, and every worker started later too.
+#[tokio::test]
+async fn issue8_2_a_huge_declared_size_is_refused_before_downloading() {
+    let server = server();
+    let registry = open_registry(&server, &RegistryConfig::default()).await;
+    publish(&registry, 1.0, Promote::Always).await;
+    let worker = Worker::follow(config(&server), "lin").await;
+    let nats = connect(&server).await;
+    let v2 = publish(&registry, 2.0, Promote::Never).await;
+    registry
+        .update("lin", false, |m| {
+            m.versions.get_mut(&v2).unwrap().size = 1 << 40;
+            m.current = Some(v2);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let failures = "flotilla_model_load_failures_total{model=\"lin\",reason=\"too_large\"}";
+    until("the refusal to be counted", || {
+        worker.metrics.render().contains(&format!("{failures} 1"))
+    })
+    .await;
+    assert_eq!(
+        served_version(&nats).await,
+        1,
+        "the old version keeps serving"
+    );
+
+    // A worker started now refuses to start, with a message, instead of aborting.
+    let mut cfg = config(&server);
+    cfg.metrics_addr = String::new();
+    let client = cfg.nats.connect("late").await.unwrap();
+    let late_registry = Registry::open(client.clone(), &cfg.registry).await.unwrap();
+    let source = flotilla_worker::Source::Registry {
+        registry: Box::new(late_registry),
+        models: flotilla_worker::Selection::parse("lin").unwrap(),
+        trusted: Arc::new(vec![]),
+    };
+    let run = flotilla_worker::run(
+        client,
+        &cfg,
+        source,
+        flotilla_worker::Metrics::new(),
+        Arc::new(flotilla_worker::Health::default()),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let err = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("the late worker neither started nor refused")
+        .unwrap_err();
+    assert!(err.to_string().contains("max_artifact_bytes"), "{err}");
+
+    // And the publisher refuses what is over the limit.
+    let small = RegistryConfig {
+        max_artifact_bytes: 16,
+        ..RegistryConfig::default()
+    };
+    let err = open_registry(&server, &small)
+        .await
+        .publish("lin", &linear(3.0), BTreeMap::new(), None, Promote::Never)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("max_artifact_bytes"), "{err}");
+}
+
+/// Issue 8, item 16: a size mismatch was reported as a checksum mismatch, with the same hash
+/// twice.
+#[tokio::test]
+async fn issue8_16_a_size_mismatch_says_so() {
+    let server = server();
+    let registry = open_registry(&server, &RegistryConfig::default()).await;
+    publish(&registry, 1.0, Promote::Always).await;
+    let (manifest, _) = registry.require("lin").await.unwrap();
+    let mut info = manifest.versions[&1].clone();
+    info.size += 1;
+    let err = registry.load("lin", 1, &info, &[]).await.unwrap_err();
+    assert_eq!(err.reason(), "size", "{err}");
+    assert!(err.to_string().contains("bytes"), "{err}");
+    info.size -= 2;
+    let err = registry.load("lin", 1, &info, &[]).await.unwrap_err();
+    assert_eq!(err.reason(), "size", "{err}");
+}
+
+/// Issue 8, item 4: one failed download froze a model on its old version for good. A failed
+/// download is now counted and retried with backoff, without waiting for another manifest.
+#[tokio::test]
+async fn issue8_4_a_failed_download_is_retried() {
+    let server = server();
+    let registry = open_registry(&server, &RegistryConfig::default()).await;
+    publish(&registry, 1.0, Promote::Always).await;
+    let worker = Worker::follow(config(&server), "lin").await;
+    let nats = connect(&server).await;
+    let v2 = publish(&registry, 2.0, Promote::Never).await;
+    let (manifest, _) = registry.require("lin").await.unwrap();
+    let object = manifest.versions[&v2].object.clone();
+    let mut bytes = Vec::new();
+    registry
+        .objects()
+        .get(object.as_str())
+        .await
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .await
+        .unwrap();
+    registry.objects().delete(object.as_str()).await.unwrap();
+    registry
+        .update("lin", false, |m| m.promote(v2))
+        .await
+        .unwrap();
+    let failures = "flotilla_model_load_failures_total{model=\"lin\",reason=\"download\"}";
+    until("the failed download to be counted", || {
+        worker.metrics.render().contains(failures)
+    })
+    .await;
+    assert_eq!(served_version(&nats).await, 1);
+    // The object comes back; no manifest changes, yet the worker gets there.
+    registry
+        .objects()
+        .put(object.as_str(), &mut bytes.as_slice())
+        .await
+        .unwrap();
+    until_served(&nats, v2).await;
+    assert!(worker.health.readiness().is_ok());
+}
+
+/// Issue 8, item 5: a manifest watch whose consumer died was never re-created. Restart the
+/// broker (same port, same JetStream directory): the worker reconnects, watches again, and
+/// serves what is published afterwards.
+#[tokio::test]
+async fn issue8_5_the_manifest_watch_survives_a_broker_restart() {
+    let mut server = server();
+    let registry = open_registry(&server, &RegistryConfig::default()).await;
+    publish(&registry, 1.0, Promote::Always).await;
+    let _worker = Worker::follow(config(&server), "lin").await;
+    server.restart().unwrap();
+    let registry = open_registry(&server, &RegistryConfig::default()).await;
+    let nats = connect(&server).await;
+    until_served(&nats, 1).await;
+    let v2 = publish(&registry, 2.0, Promote::Always).await;
+    until_served(&nats, v2).await;
 }

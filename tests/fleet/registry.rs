@@ -1,7 +1,6 @@
 //! The JetStream registry: version allocation, manifest operations, verification on load.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use flotilla_registry::{signing, Promote, Registry, RegistryConfig, RegistryError};
 
@@ -29,16 +28,21 @@ async fn publish_load_and_verify() {
     let (manifest, _) = registry.require("iris").await.unwrap();
     assert_eq!(manifest.current, Some(1));
     let info = &manifest.versions[&1];
-    let model = registry
-        .load("iris", 1, info, Arc::new(vec![]))
-        .await
-        .unwrap();
-    assert_eq!(model.inputs(), 4);
+    let bytes = registry.load("iris", 1, info, &[]).await.unwrap();
+    assert_eq!(
+        bytes,
+        iris_bytes(),
+        "the registry hands back exactly what was published"
+    );
+    assert_eq!(
+        flotilla_model::Model::from_bytes(&bytes).unwrap().inputs(),
+        4
+    );
 
     // Trusting a key refuses the unsigned version.
     let key = signing::generate();
     let err = registry
-        .load("iris", 1, info, Arc::new(vec![key.verifying_key()]))
+        .load("iris", 1, info, &[key.verifying_key()])
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "signature", "{err}");
@@ -58,7 +62,7 @@ async fn publish_load_and_verify() {
             "iris",
             p.version,
             &manifest.versions[&p.version],
-            Arc::new(vec![key.verifying_key()]),
+            &[key.verifying_key()],
         )
         .await
         .unwrap();

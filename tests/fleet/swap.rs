@@ -169,13 +169,14 @@ async fn tampered_and_unsigned_versions_are_refused_while_the_old_one_serves() {
     wait_failures("signature", 1.0).await;
     assert_eq!(ask(&nats, &[]).await.0, v1);
 
-    // Tampered: signed, but its object is replaced before it is promoted.
+    // Tampered: signed, but its object is replaced (by one of the same size, so it is the
+    // hash that catches it) before it is promoted.
     let v3 = signed(3.0).await;
     let (manifest, _) = registry.require("lin").await.unwrap();
     let object = manifest.versions[&v3].object.clone();
     registry
         .objects()
-        .put(object.as_str(), &mut linear(666.0).as_slice())
+        .put(object.as_str(), &mut linear(7.0).as_slice())
         .await
         .unwrap();
     registry

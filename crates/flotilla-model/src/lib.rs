@@ -98,6 +98,39 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn label(&self, output: &[f64]) -> Option<Label>;
 }
 
+/// An artifact checked to be loadable, in the form the registry stores.
+#[derive(Debug, Clone)]
+pub struct Publishable {
+    pub kind: Kind,
+    /// The canonical bytes: dense artifacts are re-encoded as MessagePack.
+    pub bytes: Vec<u8>,
+    /// Numeric `metadata.metrics` of an artifact trained elsewhere, for the promotion gate.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+/// Checks that `bytes` build a model (the same checks a worker makes) and returns what to
+/// publish, so the registry never stores a version no worker could load.
+pub fn publishable(bytes: &[u8]) -> Result<Publishable, ModelError> {
+    let artifact = Artifact::from_bytes(bytes)?;
+    Dense::from_artifact(&artifact)?;
+    let metrics = artifact
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("metrics"))
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Publishable {
+        kind: Kind::Dense,
+        bytes: artifact.to_bytes(ArtifactEncoding::MsgPack),
+        metrics,
+    })
+}
+
 /// A validated, runnable model of any kind.
 #[derive(Debug)]
 pub struct Model {

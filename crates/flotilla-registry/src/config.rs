@@ -23,6 +23,9 @@ pub struct RegistryConfig {
     /// Public keys (hex, or files written by `flotilla models keygen`) whose signatures a
     /// worker accepts. Empty: any version whose checksum matches is accepted.
     pub trusted_keys: Vec<String>,
+    /// The largest artifact (bytes) published or loaded; a manifest declaring more is
+    /// refused before anything is downloaded.
+    pub max_artifact_bytes: u64,
 }
 
 impl Default for RegistryConfig {
@@ -34,6 +37,7 @@ impl Default for RegistryConfig {
             history: 64,
             keep_versions: 2,
             trusted_keys: Vec::new(),
+            max_artifact_bytes: 512 * 1024 * 1024,
         }
     }
 }

@@ -37,11 +37,25 @@ pub enum RegistryError {
     },
     #[error("{0}")]
     Signature(#[from] signing::SigningError),
-    #[error("model {model:?} version {version}: {source}")]
+    #[error("model {model:?} version {version}: {message}")]
     Invalid {
         model: String,
         version: u64,
-        source: flotilla_model::ModelError,
+        message: String,
+    },
+    #[error("model {model:?} version {version}: the manifest says the artifact is {expected} bytes but the object has {actual}; the object was replaced or corrupted")]
+    Size {
+        model: String,
+        version: u64,
+        expected: u64,
+        actual: String,
+    },
+    #[error("model {model:?} version {version}: the artifact is {size} bytes, over max_artifact_bytes ({limit}); not downloaded")]
+    TooLarge {
+        model: String,
+        version: u64,
+        size: u64,
+        limit: u64,
     },
     #[error("publishing model {model:?}: {message}")]
     Publish { model: String, message: String },
@@ -57,6 +71,8 @@ impl RegistryError {
         match self {
             RegistryError::Download { .. } => "download",
             RegistryError::Checksum { .. } => "checksum",
+            RegistryError::Size { .. } => "size",
+            RegistryError::TooLarge { .. } => "too_large",
             RegistryError::Signature(_) => "signature",
             RegistryError::Invalid { .. } => "invalid",
             RegistryError::BadManifest { .. } => "manifest",

@@ -1,11 +1,12 @@
 //! The model registry, kept entirely in NATS JetStream (layout: `docs/registry.md`).
 //!
-//! Artifacts are immutable objects in an Object Store bucket, one per version, always stored
-//! as MessagePack. A key-value bucket holds one [`Manifest`] per model, changed only by
-//! compare-and-swap so that concurrent publishers never take the same version number and an
-//! operator's rollback never silently undoes a publish. Workers watch the key-value bucket
-//! and load what a manifest points at through [`Registry::load`], which checks the size,
-//! SHA-256 and (when keys are trusted) the signature before building the model.
+//! Artifacts are immutable objects in an Object Store bucket, one per version. A key-value
+//! bucket holds one [`Manifest`] per model, changed only by compare-and-swap so that
+//! concurrent publishers never take the same version number and an operator's rollback never
+//! silently undoes a publish. Workers watch the key-value bucket and fetch what a manifest
+//! points at through [`Registry::load`], which checks the size, SHA-256 and (when keys are
+//! trusted) the signature, and hands back bytes. The registry stores and verifies bytes; it
+//! never parses a model, so it knows nothing of model formats or forward passes.
 //!
 //! Works on nats-server 2.9 and newer: the key-value bucket's stream is created directly,
 //! since async-nats' `create_key_value` cannot parse 2.9's account info.
@@ -29,7 +30,6 @@ pub use config::RegistryConfig;
 pub use error::RegistryError;
 pub use manifest::{primary_metric, Canary, Manifest, ManifestError, Promote, VersionInfo};
 
-use flotilla_model::{Artifact, ArtifactEncoding, Dense, Model};
 use flotilla_proto::validate_model_name;
 
 /// What [`Registry::publish`] did.
@@ -59,6 +59,8 @@ pub struct Registry {
     objects: object_store::ObjectStore,
     /// The manifest bucket's configured name, for error messages.
     kv_bucket: Arc<str>,
+    /// The largest artifact published or loaded.
+    max_artifact_bytes: u64,
 }
 
 const CAS_ATTEMPTS: usize = 50;
@@ -137,6 +139,7 @@ impl Registry {
             kv,
             objects,
             kv_bucket: config.kv_bucket.as_str().into(),
+            max_artifact_bytes: config.max_artifact_bytes,
         })
     }
 
@@ -186,7 +189,8 @@ impl Registry {
         }
     }
 
-    /// Publishes an artifact (JSON or MessagePack) as the model's next version.
+    /// Publishes an artifact as the model's next version. The caller has checked that a
+    /// worker can load it (see `flotilla_model::publishable`): the registry stores bytes.
     pub async fn publish(
         &self,
         model: &str,
@@ -200,16 +204,14 @@ impl Registry {
             model: model.into(),
             message,
         };
-        // Refuse what no worker could load, and store one canonical encoding.
-        let parsed = Artifact::from_bytes(artifact).map_err(|e| publish_error(e.to_string()))?;
-        let metrics = if metrics.is_empty() {
-            metrics_from_metadata(&parsed)
-        } else {
-            metrics
-        };
-        Dense::from_artifact(&parsed).map_err(|e| publish_error(e.to_string()))?;
-        let bytes = parsed.to_bytes(ArtifactEncoding::MsgPack);
-        let sha256 = signing::to_hex(&Sha256::digest(&bytes));
+        if artifact.len() as u64 > self.max_artifact_bytes {
+            return Err(publish_error(format!(
+                "the artifact is {} bytes, over max_artifact_bytes ({}); raise the limit in [registry] if this is intended",
+                artifact.len(),
+                self.max_artifact_bytes
+            )));
+        }
+        let sha256 = signing::to_hex(&Sha256::digest(artifact));
         let (signature, signer) = match signing_key {
             Some(key) => {
                 let (s, k) = signing::sign(key, model, &sha256);
@@ -221,13 +223,13 @@ impl Registry {
         // write the same object, and the loser's object is simply never referenced.
         let object = format!("{model}/{}", nuid::next());
         self.objects
-            .put(object.as_str(), &mut bytes.as_slice())
+            .put(object.as_str(), &mut &artifact[..])
             .await
             .map_err(|e| publish_error(format!("storing the artifact: {e}")))?;
         let info = VersionInfo {
             object,
             sha256: sha256.clone(),
-            size: bytes.len() as u64,
+            size: artifact.len() as u64,
             signature,
             signer,
             metrics,
@@ -303,57 +305,85 @@ impl Registry {
         })
     }
 
-    /// Downloads, verifies and builds one version. CPU work (hashing, decoding, validation)
-    /// runs on a blocking thread.
+    /// Downloads and verifies one version's artifact: its size against the manifest and
+    /// `max_artifact_bytes` before a byte is read, then the bytes through SHA-256 as they
+    /// arrive (never more than the manifest declared), then the signature when keys are
+    /// trusted. Returns the verified bytes; building a model from them is the caller's job.
     pub async fn load(
         &self,
         model: &str,
         version: u64,
         info: &VersionInfo,
-        trusted: Arc<Vec<VerifyingKey>>,
-    ) -> Result<Model, RegistryError> {
+        trusted: &[VerifyingKey],
+    ) -> Result<Vec<u8>, RegistryError> {
         let download = |message: String| RegistryError::Download {
             model: model.into(),
             version,
             object: info.object.clone(),
             message,
         };
+        if info.size > self.max_artifact_bytes {
+            return Err(RegistryError::TooLarge {
+                model: model.into(),
+                version,
+                size: info.size,
+                limit: self.max_artifact_bytes,
+            });
+        }
         let mut object = self
             .objects
             .get(&info.object)
             .await
             .map_err(|e| download(e.to_string()))?;
-        let mut bytes = Vec::with_capacity(info.size as usize);
-        object
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| download(e.to_string()))?;
-        let (model_name, info) = (model.to_owned(), info.clone());
-        tokio::task::spawn_blocking(move || {
-            let actual = signing::to_hex(&Sha256::digest(&bytes));
-            if actual != info.sha256 || bytes.len() as u64 != info.size {
-                return Err(RegistryError::Checksum {
-                    model: model_name,
+        let declared = info.size as usize;
+        // Grown by what arrives, never reserved from what the manifest claims.
+        let mut bytes = Vec::new();
+        let mut hasher = Sha256::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = object
+                .read(&mut chunk)
+                .await
+                .map_err(|e| download(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            if bytes.len() + n > declared {
+                return Err(RegistryError::Size {
+                    model: model.into(),
                     version,
-                    expected: info.sha256,
-                    actual,
+                    expected: info.size,
+                    actual: format!("more than {}", info.size),
                 });
             }
-            signing::verify(
-                &trusted,
-                &model_name,
+            hasher.update(&chunk[..n]);
+            bytes.extend_from_slice(&chunk[..n]);
+        }
+        if bytes.len() != declared {
+            return Err(RegistryError::Size {
+                model: model.into(),
                 version,
-                &info.sha256,
-                info.signature.as_deref(),
-            )?;
-            Model::from_bytes(&bytes).map_err(|source| RegistryError::Invalid {
-                model: model_name,
+                expected: info.size,
+                actual: bytes.len().to_string(),
+            });
+        }
+        let actual = signing::to_hex(&hasher.finalize());
+        if actual != info.sha256 {
+            return Err(RegistryError::Checksum {
+                model: model.into(),
                 version,
-                source,
-            })
-        })
-        .await
-        .expect("model loading does not panic")
+                expected: info.sha256.clone(),
+                actual,
+            });
+        }
+        signing::verify(
+            trusted,
+            model,
+            version,
+            &info.sha256,
+            info.signature.as_deref(),
+        )?;
+        Ok(bytes)
     }
 
     /// The model's manifest revisions the bucket still keeps (up to `history`), oldest first.
@@ -416,21 +446,6 @@ pub fn parse_manifest(model: &str, bytes: &[u8]) -> Result<Manifest, RegistryErr
         model: model.into(),
         message: e.to_string(),
     })
-}
-
-/// Numeric `metadata.metrics` of an artifact trained elsewhere.
-fn metrics_from_metadata(artifact: &Artifact) -> BTreeMap<String, f64> {
-    artifact
-        .metadata
-        .as_ref()
-        .and_then(|m| m.get("metrics"))
-        .and_then(|m| m.as_object())
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 pub fn now_rfc3339() -> String {

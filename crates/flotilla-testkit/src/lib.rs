@@ -77,6 +77,28 @@ impl NatsServer {
         Err(NatsServerError::NotReady { port, waited })
     }
 
+    /// Kills the server and starts a new one on the same port with the same JetStream
+    /// directory: what a broker restart looks like to its clients.
+    pub fn restart(&mut self) -> Result<(), NatsServerError> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The port is ours again once the old process is gone; the OS may take a moment to
+        // let it be bound again.
+        let mut last = None;
+        for _ in 0..50 {
+            match Self::start_on(self.port, &self.store) {
+                Ok(child) => {
+                    self.child = child;
+                    return Ok(());
+                }
+                Err(e @ NatsServerError::NotInstalled) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

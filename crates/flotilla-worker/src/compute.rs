@@ -145,11 +145,7 @@ pub async fn batch_loop(
         let replies = match rx.await {
             Ok(Ok(replies)) => replies,
             Ok(Err(panic)) => {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let why = crate::panic_text(&*panic);
                 tracing::error!(model = %slot.name, %why, "batch computation panicked");
                 let err = ServiceError::internal(format!("computing the batch failed: {why}"));
                 callers

@@ -1,7 +1,7 @@
 //! Health and metrics over HTTP: `GET /metrics` (Prometheus text), `GET /healthz` (the process
 //! is alive) and `GET /readyz` (connected to NATS, every model loaded, not draining), on axum.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -19,6 +19,9 @@ use crate::metrics::Metrics;
 pub struct Health {
     loaded: AtomicBool,
     draining: AtomicBool,
+    /// Registry followers that died and are being restarted: the worker may be serving a
+    /// version its registry has moved past, so it does not call itself ready.
+    followers_down: AtomicUsize,
     client: std::sync::OnceLock<async_nats::Client>,
 }
 
@@ -32,6 +35,12 @@ impl Health {
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
+    pub fn follower_down(&self) {
+        self.followers_down.fetch_add(1, Ordering::AcqRel);
+    }
+    pub fn follower_up(&self) {
+        self.followers_down.fetch_sub(1, Ordering::AcqRel);
+    }
     /// Ready: connected to NATS, every model loaded, not draining. Says why when not.
     pub fn readiness(&self) -> Result<(), &'static str> {
         if self.draining.load(Ordering::Acquire) {
@@ -43,6 +52,9 @@ impl Health {
         }
         if !self.loaded.load(Ordering::Acquire) {
             return Err("models not loaded");
+        }
+        if self.followers_down.load(Ordering::Acquire) > 0 {
+            return Err("a registry follower failed and is restarting");
         }
         Ok(())
     }

@@ -35,3 +35,12 @@ pub use health::Health;
 pub use live::ServedModel;
 pub use metrics::Metrics;
 pub use worker::{run, Selection, Source, WorkerError};
+
+/// The text of a panic's payload, for logs and error replies.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub load_failures: IntCounterVec,
     /// Times a model's served versions changed (a new current, canary or rollback).
     pub swaps: IntCounterVec,
+    /// Times a model's registry follower died (a panic) and was restarted.
+    pub follower_restarts: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -111,7 +113,13 @@ impl Metrics {
             "Changes of the versions a model serves.",
             &["model"],
         );
+        let follower_restarts = counter(
+            "flotilla_follower_restarts_total",
+            "Registry followers that died and were restarted.",
+            &["model"],
+        );
         Metrics {
+            follower_restarts,
             registry,
             requests,
             request_duration,

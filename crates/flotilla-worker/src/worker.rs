@@ -261,6 +261,7 @@ pub async fn run(
                 models,
                 trusted,
                 config.registry.keep_versions,
+                health.clone(),
                 &mut fleet,
             )
             .await?,

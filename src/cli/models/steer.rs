@@ -1,8 +1,6 @@
 //! Changing the registry: `publish`, then `promote`, `rollback` and `canary`, each one
 //! compare-and-swap of the manifest.
 
-use std::collections::BTreeMap;
-
 use anyhow::Context;
 use flotilla_registry::{signing, Canary, Manifest};
 use serde::Serialize;
@@ -32,12 +30,15 @@ pub(super) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(signing::read_signing_key)
         .transpose()?;
+    // Refuse what no worker could load, before touching the registry.
+    let checked = flotilla_model::publishable(&artifact)
+        .with_context(|| format!("publishing model {:?}", args.model))?;
     let registry = args.common.registry().await?;
     let published = registry
         .publish(
             &args.model,
-            &artifact,
-            BTreeMap::new(),
+            &checked.bytes,
+            checked.metrics,
             key.as_ref(),
             args.promote,
         )
