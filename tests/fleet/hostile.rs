@@ -241,3 +241,94 @@ async fn issue8_5_the_manifest_watch_survives_a_broker_restart() {
     let v2 = publish(&registry, 2.0, Promote::Always).await;
     until_served(&nats, v2).await;
 }
+
+/// A bare NATS protocol client on a TCP socket, to send what no well-behaved client would.
+struct RawClient {
+    stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawClient {
+    async fn connect(server: &NatsServer) -> RawClient {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
+            .await
+            .unwrap();
+        stream
+            .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true}\r\nSUB raw.inbox 1\r\nPING\r\n")
+            .await
+            .unwrap();
+        let mut raw = RawClient {
+            stream,
+            buffer: Vec::new(),
+        };
+        raw.read_until(b"PONG\r\n").await;
+        raw
+    }
+
+    /// Publishes `headers` (sent as they are) and `body` with reply subject `raw.inbox`.
+    async fn hpub(&mut self, subject: &str, headers: &[u8], body: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = format!(
+            "HPUB {subject} raw.inbox {} {}\r\n",
+            headers.len(),
+            headers.len() + body.len()
+        )
+        .into_bytes();
+        frame.extend_from_slice(headers);
+        frame.extend_from_slice(body);
+        frame.extend_from_slice(b"\r\n");
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// Reads until `needle` has arrived; returns everything read so far and forgets it.
+    async fn read_until(&mut self, needle: &[u8]) -> String {
+        tokio::time::timeout(WAIT, async {
+            while !self.buffer.windows(needle.len()).any(|w| w == needle) {
+                let mut chunk = [0u8; 4096];
+                let n = self.stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the server closed the connection");
+                self.buffer.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no {:?} in time; got {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(&self.buffer)
+            )
+        });
+        let text = String::from_utf8_lossy(&self.buffer).into_owned();
+        self.buffer.clear();
+        text
+    }
+}
+
+/// Issue 8, item 3: a header line without a colon, or a header value with byte 0xff, made
+/// async-nats fail to parse the delivered message and drop the worker's connection; the
+/// request was never answered. Now each is answered 400 and the worker stays connected.
+#[tokio::test]
+async fn issue8_3_malformed_headers_are_answered_not_fatal() {
+    let server = server();
+    let _worker = Worker::start(config(&server), vec![("iris", example_model("iris"))]).await;
+    let nats = connect(&server).await;
+    let mut raw = RawClient::connect(&server).await;
+    let cases: [&[u8]; 3] = [
+        b"NATS/1.0\r\nGarbageHeaderLine\r\n\r\n",
+        b"NATS/1.0\r\nFlotilla-Version: \xff\xfe\r\n\r\n",
+        b"NATS/9.9\r\n\r\n",
+    ];
+    for _round in 0..10 {
+        for headers in cases {
+            raw.hpub("flotilla.predict.iris", headers, IRIS_ROW.as_bytes())
+                .await;
+            let reply = raw.read_until(b"}}\r\n").await;
+            assert!(reply.contains("Nats-Service-Error-Code: 400"), "{reply}");
+            assert!(reply.contains("headers do not parse"), "{reply}");
+        }
+        // The worker kept its connection: a well-formed request is answered at once.
+        let reply = request(&nats, "iris", &[], IRIS_ROW).await;
+        assert_eq!(reply.error_code(), None, "{:?}", reply.body);
+    }
+}

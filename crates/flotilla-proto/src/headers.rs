@@ -75,3 +75,17 @@ pub fn shown(value: &str) -> String {
         Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
     }
 }
+
+/// The 400 for a message whose header block did not parse. The NATS client delivers such a
+/// message without its headers and says why in `description` (flotilla's async-nats patch,
+/// `docs/upstream/async-nats-malformed-headers.md`), so it can be answered like any other bad
+/// request instead of costing the worker its connection.
+pub fn malformed_headers(message: &async_nats::Message) -> Option<ServiceError> {
+    let why = message
+        .description
+        .as_deref()?
+        .strip_prefix(async_nats::connection::MALFORMED_HEADERS_PREFIX)?;
+    Some(ServiceError::bad_request(format!(
+        "the request's NATS headers do not parse ({why}); send `Name: value` lines of UTF-8"
+    )))
+}

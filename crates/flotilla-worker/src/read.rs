@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::{HeaderMap, Subject};
 use flotilla_model::Model;
+use flotilla_proto::headers::malformed_headers;
 use flotilla_proto::{
     error_encoding, Encoding, ErrorKind, PredictRequest, RequestOptions, ServiceError,
 };
@@ -136,6 +137,9 @@ fn enqueue(
     received: Instant,
     draw: f64,
 ) -> Result<(), (Encoding, ServiceError)> {
+    if let Some(err) = malformed_headers(message) {
+        return Err((Encoding::Json, err));
+    }
     let headers = message.headers.as_ref();
     let encoding =
         Encoding::detect(headers, &message.payload).map_err(|err| (Encoding::Json, err))?;
