@@ -332,3 +332,28 @@ async fn issue8_3_malformed_headers_are_answered_not_fatal() {
         assert_eq!(reply.error_code(), None, "{:?}", reply.body);
     }
 }
+
+/// Issue 8, item 6: SIGTERM to a worker idle for more than ~2 s hung for
+/// `shutdown_timeout_secs` and exited 1, because the drained subscription was only released
+/// when the client's connection task next woke. The drain now ends on the PONG of a PING sent
+/// after the UNSUB. (The bound here is a hang detector far below the old 30 s, not a timing
+/// claim.)
+#[tokio::test]
+async fn issue8_6_sigterm_on_an_idle_worker_exits_zero_promptly() {
+    let server = server();
+    let mut child = worker_process(&server, "iris", "iris", &["--metrics-addr", ""]);
+    let client = flotilla_proto::Client::new(connect(&server).await);
+    wait_answering(&client, "iris", 4).await;
+    // Idle: what used to leave nothing to wake the client when the drain was asked for.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let asked = std::time::Instant::now();
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the worker hung on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    eprintln!("idle worker exited {took:?} after SIGTERM");
+}

@@ -78,7 +78,7 @@ pub fn shown(value: &str) -> String {
 
 /// The 400 for a message whose header block did not parse. The NATS client delivers such a
 /// message without its headers and says why in `description` (flotilla's async-nats patch,
-/// `docs/upstream/async-nats-malformed-headers.md`), so it can be answered like any other bad
+/// `docs/upstream/async-nats.md`), so it can be answered like any other bad
 /// request instead of costing the worker its connection.
 pub fn malformed_headers(message: &async_nats::Message) -> Option<ServiceError> {
     let why = message

@@ -38,14 +38,12 @@ pub(crate) async fn read_loop(
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    // Unsubscribe but keep reading what the server already sent us. The
-                    // flush matters on an idle connection: async-nats only completes a drain
-                    // when its connection task next wakes, and the PONG wakes it.
+                    // Unsubscribe, but answer everything the server routed to us before it
+                    // processed the UNSUB: the subscription ends once a PING written after the
+                    // UNSUB has its PONG (flotilla's async-nats patch), so nothing in flight is
+                    // lost and an idle connection ends it as promptly as a busy one.
                     if let Err(e) = subscription.drain().await {
                         tracing::warn!(model = %slot.name, error = %e, "unsubscribing failed");
-                    }
-                    if let Err(e) = shared.client.flush().await {
-                        tracing::warn!(model = %slot.name, error = %e, "flushing the unsubscribe failed");
                     }
                     draining = true;
                     tracing::info!(model = %slot.name, "shutdown: unsubscribed");

@@ -329,7 +329,7 @@ impl Connection {
             let payload = self.read_buf.split_to(total_len - header_len).freeze();
             self.read_buf.advance(2);
 
-            // flotilla patch (docs/upstream/async-nats-malformed-headers.md): the message's
+            // flotilla patch (docs/upstream/async-nats.md): the message's
             // bytes are already consumed from the buffer, so a header block that does not
             // parse is this one message's problem, not the connection's. Returning an error
             // here made the client drop the connection and reconnect, which let any
@@ -817,7 +817,7 @@ where
 }
 
 /// The prefix of [`crate::Message::description`] for a message whose header block did not
-/// parse (a flotilla patch; see `docs/upstream/async-nats-malformed-headers.md`).
+/// parse (a flotilla patch; see `docs/upstream/async-nats.md`).
 pub const MALFORMED_HEADERS_PREFIX: &str = "malformed headers: ";
 
 type ParsedHeaders = (Option<StatusCode>, Option<String>, HeaderMap);

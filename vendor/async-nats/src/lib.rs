@@ -415,6 +415,10 @@ struct Subscription {
     delivered: u64,
     max: Option<u64>,
     is_draining: bool,
+    /// flotilla patch: a draining subscription is released once the PONG to the PING sent
+    /// after its UNSUB has arrived (the `pings_sent` count that PING made), so every message
+    /// the server routed to it before the UNSUB is delivered first.
+    release_after_pong: u64,
 }
 
 #[derive(Debug)]
@@ -436,6 +440,9 @@ pub(crate) struct ConnectionHandler {
     should_reconnect: bool,
     flush_observers: Vec<oneshot::Sender<()>>,
     is_draining: bool,
+    /// flotilla patch: PINGs written and PONGs read on this connection, which fence drains.
+    pings_sent: u64,
+    pongs_received: u64,
 }
 
 impl ConnectionHandler {
@@ -459,6 +466,8 @@ impl ConnectionHandler {
             should_reconnect: false,
             flush_observers: Vec::new(),
             is_draining: false,
+            pings_sent: 0,
+            pongs_received: 0,
         }
     }
 
@@ -492,6 +501,7 @@ impl ConnectionHandler {
                     Poll::Ready(ExitReason::Disconnected(None))
                 } else {
                     self.handler.connection.enqueue_write_op(&ClientOp::Ping);
+                    self.handler.pings_sent += 1;
 
                     Poll::Pending
                 }
@@ -539,13 +549,18 @@ impl ConnectionHandler {
                     }
                 }
 
-                // Before handling any commands, drop any subscriptions which are draining
-                // Note: safe to assume subscription drain has completed at this point, as we would have flushed
-                // all outgoing UNSUB messages in the previous call to this fn, and we would have processed and
-                // delivered any remaining messages to the subscription in the loop above.
-                self.handler.subscriptions.retain(|_, s| !s.is_draining);
+                // Before handling any commands, drop the draining subscriptions whose drain is
+                // complete: the PONG answering the PING written after their UNSUB has been read
+                // (flotilla patch), so the loop above delivered every message the server routed
+                // to them before it processed the UNSUB. Releasing them as soon as the UNSUB was
+                // flushed lost messages still in flight, and on an idle connection nothing woke
+                // this task to release them at all.
+                let pongs = self.handler.pongs_received;
+                self.handler
+                    .subscriptions
+                    .retain(|_, s| !s.is_draining || pongs < s.release_after_pong);
 
-                if self.handler.is_draining {
+                if self.handler.is_draining && self.handler.subscriptions.is_empty() {
                     // The entire connection is draining. This means we flushed outgoing messages in the previous
                     // call to this fn, we handled any remaining messages from the server in the loop above, and
                     // all subs were drained, so drain is complete and we should exit instead of processing any
@@ -679,6 +694,7 @@ impl ConnectionHandler {
             ServerOp::Pong => {
                 debug!("received PONG");
                 self.pending_pings = self.pending_pings.saturating_sub(1);
+                self.pongs_received += 1;
             }
             ServerOp::Error(error) => {
                 debug!("received ERROR: {:?}", error);
@@ -809,8 +825,11 @@ impl ConnectionHandler {
                 self.flush_observers.push(observer);
             }
             Command::Drain { sid } => {
+                // The PING written after the UNSUBs: its PONG releases them (flotilla patch).
+                let release_after_pong = self.pings_sent + 1;
                 let mut drain_sub = |sid: u64, sub: &mut Subscription| {
                     sub.is_draining = true;
+                    sub.release_after_pong = release_after_pong;
                     self.connection
                         .enqueue_write_op(&ClientOp::Unsubscribe { sid, max: None });
                 };
@@ -827,6 +846,9 @@ impl ConnectionHandler {
                         drain_sub(sid, sub);
                     }
                 }
+                self.connection.enqueue_write_op(&ClientOp::Ping);
+                self.pings_sent += 1;
+                self.pending_pings += 1;
             }
             Command::Subscribe {
                 sid,
@@ -841,6 +863,7 @@ impl ConnectionHandler {
                     subject: subject.to_owned(),
                     queue_group: queue_group.to_owned(),
                     is_draining: false,
+                    release_after_pong: 0,
                 };
 
                 self.subscriptions.insert(sid, subscription);
@@ -948,8 +971,13 @@ impl ConnectionHandler {
         self.connection = connection;
         let _ = self.info_sender.send(info);
 
-        self.subscriptions
-            .retain(|_, subscription| !subscription.sender.is_closed());
+        // A draining subscription was unsubscribed with the old connection; its PONG will
+        // never come, and the new connection owes it nothing (flotilla patch).
+        self.pings_sent = 0;
+        self.pongs_received = 0;
+        self.subscriptions.retain(|_, subscription| {
+            !subscription.sender.is_closed() && !subscription.is_draining
+        });
 
         for (sid, subscription) in &self.subscriptions {
             self.connection.enqueue_write_op(&ClientOp::Subscribe {
