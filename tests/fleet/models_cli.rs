@@ -437,3 +437,40 @@ async fn a_signed_publish_records_its_signer() {
         .await;
     assert!(stderr.contains("flotilla.nope"), "{stderr}");
 }
+
+/// Issue 8, item 10: the first command to touch the registry created its buckets with its own
+/// replica count. `models init` creates them as asked and reports existing ones; a count that
+/// differs from the one asked for is said, and exits 1.
+#[tokio::test]
+async fn init_creates_the_buckets_and_reports_replicas() {
+    let server = server();
+    let models = Models::new(&server);
+    let v = models.json(&["init", "--replicas", "1"]).await;
+    let buckets = v["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 2, "{v}");
+    assert!(
+        buckets
+            .iter()
+            .all(|b| b["created"] == true && b["replicas"] == 1),
+        "{v}"
+    );
+    let again = models.json(&["init"]).await;
+    assert!(
+        again["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["created"] == false),
+        "{again}"
+    );
+    // A single server cannot hold 3 replicas, so the existing 1-replica buckets stand and
+    // the mismatch is reported.
+    let out = models.run(&["init", "--replicas", "3"]).await;
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("but 3 were asked for"), "{stdout}");
+    assert!(
+        stdout.contains("nats stream edit KV_flotilla-manifests"),
+        "{stdout}"
+    );
+}

@@ -157,6 +157,13 @@ impl NatsConfig {
                         tracing::warn!("NATS connection lost; reconnecting")
                     }
                     async_nats::Event::Closed => tracing::info!("NATS connection closed"),
+                    // The server answers a denied publish or subscribe only with this event;
+                    // the operation itself just gets no answer, so say it loudly here.
+                    async_nats::Event::ServerError(e)
+                        if e.to_string().to_ascii_lowercase().contains("permission") =>
+                    {
+                        tracing::error!(error = %e, "NATS refused an operation: this user lacks a permission (see docs/operations.md for what each role needs)")
+                    }
                     other => tracing::warn!(event = %other, "NATS event"),
                 }
             });

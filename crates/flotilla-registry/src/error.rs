@@ -59,6 +59,12 @@ pub enum RegistryError {
     },
     #[error("publishing model {model:?}: {message}")]
     Publish { model: String, message: String },
+    #[error("registry bucket {bucket} did not answer for {waited:.1?} (a JetStream leader election, or a lost quorum?); the last write may or may not have landed, so check with `flotilla models show` before trying again: {message}")]
+    Unavailable {
+        bucket: String,
+        waited: std::time::Duration,
+        message: String,
+    },
     #[error(
         "model {model:?}: the manifest kept changing under us ({attempts} attempts); try again"
     )]

@@ -65,12 +65,128 @@ pub struct Registry {
 
 const CAS_ATTEMPTS: usize = 50;
 
+/// How long a manifest change keeps retrying while the bucket does not answer.
+const UNAVAILABLE_FOR: Duration = Duration::from_secs(20);
+
+/// How one compare-and-swap write went.
+enum Write {
+    Done,
+    /// Another writer got there first.
+    Lost,
+    TimedOut(String),
+    Failed(String),
+}
+
+/// A registry bucket as [`Registry::open_reporting`] found or made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketStatus {
+    pub name: String,
+    pub replicas: usize,
+    /// Whether this call created it.
+    pub created: bool,
+}
+
+impl BucketStatus {
+    async fn existing(name: &str, stream: &mut stream::Stream) -> BucketStatus {
+        let replicas = match stream.info().await {
+            Ok(info) => info.config.num_replicas,
+            Err(_) => stream.cached_info().config.num_replicas,
+        };
+        BucketStatus {
+            name: name.to_owned(),
+            replicas: replicas.max(1),
+            created: false,
+        }
+    }
+}
+
+/// Said when a JetStream API call gets no answer: a NATS user without permission for the
+/// subject gets none (the server drops the request and logs a permissions violation).
+const PERMISSION_HINT: &str = "; if this NATS user may not use that JetStream API subject the \
+     server drops the request, so also check its permissions (see docs/operations.md) and this \
+     process's log for a permissions violation";
+
+fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(ref j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// Why a bucket's stream could not be looked up. Anything but "not found" is reported, never
+/// answered by trying to create the stream (which a user denied the lookup is denied too).
+fn stream_error(
+    bucket: &str,
+    stream_name: &str,
+    e: jetstream::context::GetStreamError,
+) -> RegistryError {
+    let hint = match e.kind() {
+        jetstream::context::GetStreamErrorKind::Request => PERMISSION_HINT,
+        _ => "",
+    };
+    RegistryError::Bucket {
+        bucket: bucket.to_owned(),
+        message: format!(
+            "looking up stream {stream_name} ($JS.API.STREAM.INFO.{stream_name}): {e}{hint}"
+        ),
+    }
+}
+
+/// Gets the bucket's stream, or creates it with `config` when it does not exist.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    bucket: &str,
+    config: stream::Config,
+) -> Result<BucketStatus, RegistryError> {
+    let name = config.name.clone();
+    match js.get_stream(&name).await {
+        Ok(mut existing) => Ok(BucketStatus::existing(bucket, &mut existing).await),
+        Err(e) if stream_not_found(&e) => {
+            let replicas = config.num_replicas;
+            // Another process may create it first: the caller's get settles that.
+            if let Err(e) = js.create_stream(config).await {
+                tracing::debug!(error = %e, stream = %name, "creating a registry bucket");
+            }
+            Ok(BucketStatus {
+                name: bucket.to_owned(),
+                replicas,
+                created: true,
+            })
+        }
+        Err(e) => Err(stream_error(bucket, &name, e)),
+    }
+}
+
 impl Registry {
-    /// Opens the registry, creating its buckets if they do not exist yet.
+    /// Opens the registry, creating its buckets if they do not exist yet. A bucket that
+    /// exists with another replica count than configured is used as it is, with a warning:
+    /// on a cluster, create the buckets first with `flotilla models init --replicas N`.
     pub async fn open(
         client: async_nats::Client,
         config: &RegistryConfig,
     ) -> Result<Registry, RegistryError> {
+        let (registry, buckets) = Registry::open_reporting(client, config).await?;
+        for b in buckets
+            .iter()
+            .filter(|b| b.replicas != config.replicas.max(1))
+        {
+            tracing::warn!(
+                bucket = %b.name,
+                replicas = b.replicas,
+                configured = config.replicas,
+                "registry bucket has another replica count than configured; on a cluster run \
+                 `flotilla models init --replicas N` before anything else touches the registry"
+            );
+        }
+        Ok(registry)
+    }
+
+    /// [`Registry::open`], saying for each bucket whether it was created and its replicas.
+    pub async fn open_reporting(
+        client: async_nats::Client,
+        config: &RegistryConfig,
+    ) -> Result<(Registry, Vec<BucketStatus>), RegistryError> {
         // A server without JetStream has no responder on the API subjects.
         match client.request("$JS.API.INFO", "".into()).await {
             Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
@@ -79,68 +195,74 @@ impl Registry {
             Err(e) => {
                 return Err(RegistryError::Bucket {
                     bucket: config.kv_bucket.clone(),
-                    message: format!("asking the server about JetStream: {e}"),
+                    message: format!("asking the server about JetStream: {e}{}", PERMISSION_HINT),
                 })
             }
             Ok(_) => {}
         }
         let js = jetstream::new(client);
-        let bucket_error = |bucket: &str| {
-            let bucket = bucket.to_owned();
-            move |e: &dyn std::fmt::Display| RegistryError::Bucket {
-                bucket: bucket.clone(),
-                message: e.to_string(),
-            }
-        };
-        let kv_stream = format!("KV_{}", config.kv_bucket);
-        if js.get_stream(&kv_stream).await.is_err() {
-            let created = js
-                .create_stream(stream::Config {
-                    name: kv_stream,
-                    description: Some("flotilla model manifests".into()),
-                    subjects: vec![format!("$KV.{}.>", config.kv_bucket)],
-                    max_messages_per_subject: config.history.max(1),
-                    num_replicas: config.replicas.max(1),
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: stream::DiscardPolicy::New,
-                    ..Default::default()
-                })
-                .await;
-            // Another process may have created it first; getting it below settles that.
-            if let Err(e) = created {
-                tracing::debug!(error = %e, "creating the manifest bucket");
-            }
-        }
+        let kv_status = ensure_stream(
+            &js,
+            &config.kv_bucket,
+            stream::Config {
+                name: format!("KV_{}", config.kv_bucket),
+                description: Some("flotilla model manifests".into()),
+                subjects: vec![format!("$KV.{}.>", config.kv_bucket)],
+                max_messages_per_subject: config.history.max(1),
+                num_replicas: config.replicas.max(1),
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                ..Default::default()
+            },
+        )
+        .await?;
         let kv = js
             .get_key_value(&config.kv_bucket)
             .await
-            .map_err(|e| bucket_error(&config.kv_bucket)(&e))?;
-        let objects = match js.get_object_store(&config.object_bucket).await {
-            Ok(store) => store,
-            Err(_) => match js
-                .create_object_store(object_store::Config {
-                    bucket: config.object_bucket.clone(),
-                    description: Some("flotilla model artifacts".into()),
-                    num_replicas: config.replicas.max(1),
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(store) => store,
-                Err(_) => js
-                    .get_object_store(&config.object_bucket)
-                    .await
-                    .map_err(|e| bucket_error(&config.object_bucket)(&e))?,
-            },
+            .map_err(|e| RegistryError::Bucket {
+                bucket: config.kv_bucket.clone(),
+                message: e.to_string(),
+            })?;
+        let object_stream = format!("OBJ_{}", config.object_bucket);
+        let objects_status = match js.get_stream(&object_stream).await {
+            Ok(mut existing) => BucketStatus::existing(&config.object_bucket, &mut existing).await,
+            Err(e) if stream_not_found(&e) => {
+                let created = js
+                    .create_object_store(object_store::Config {
+                        bucket: config.object_bucket.clone(),
+                        description: Some("flotilla model artifacts".into()),
+                        num_replicas: config.replicas.max(1),
+                        ..Default::default()
+                    })
+                    .await;
+                // Another process may have created it first: getting it below settles that.
+                if let Err(e) = created {
+                    tracing::debug!(error = %e, "creating the artifact bucket");
+                }
+                BucketStatus {
+                    name: config.object_bucket.clone(),
+                    replicas: config.replicas.max(1),
+                    created: true,
+                }
+            }
+            Err(e) => return Err(stream_error(&config.object_bucket, &object_stream, e)),
         };
-        Ok(Registry {
+        let objects = js
+            .get_object_store(&config.object_bucket)
+            .await
+            .map_err(|e| RegistryError::Bucket {
+                bucket: config.object_bucket.clone(),
+                message: e.to_string(),
+            })?;
+        let registry = Registry {
             kv,
             objects,
             kv_bucket: config.kv_bucket.as_str().into(),
             max_artifact_bytes: config.max_artifact_bytes,
-        })
+        };
+        Ok((registry, vec![kv_status, objects_status]))
     }
 
     /// Every model with a manifest, sorted.
@@ -254,8 +376,30 @@ impl Registry {
         create: bool,
         mut change: impl FnMut(&mut Manifest) -> Result<T, ManifestError>,
     ) -> Result<T, RegistryError> {
-        for attempt in 0..CAS_ATTEMPTS {
-            let current = self.manifest(model).await?;
+        // A JetStream leader election makes the bucket briefly unanswerable: ride it out
+        // within a bound, then say so, rather than block or fail with a fragment.
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
+        while attempt < CAS_ATTEMPTS {
+            let unavailable = |message: String| RegistryError::Unavailable {
+                bucket: self.kv_bucket.to_string(),
+                waited: started.elapsed(),
+                message,
+            };
+            let current = match self.manifest(model).await {
+                Ok(current) => current,
+                Err(RegistryError::Bucket { message, .. })
+                    if started.elapsed() < UNAVAILABLE_FOR =>
+                {
+                    tracing::info!(%model, error = %message, "registry unavailable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                Err(RegistryError::Bucket { message, .. }) => return Err(unavailable(message)),
+                Err(e) => return Err(e),
+            };
             let (mut manifest, revision) = match current {
                 Some((m, r)) => (m, Some(r)),
                 None if create => (Manifest::new(model), None),
@@ -270,29 +414,44 @@ impl Registry {
             let value: bytes::Bytes = serde_json::to_vec(&manifest)
                 .expect("manifests always encode")
                 .into();
-            // Only a lost race (someone wrote a newer revision first) is worth retrying; any
-            // other failure is reported as it is.
+            // A lost race (someone wrote a newer revision first) is retried at once; a timeout
+            // within the bound; anything else is reported as it is.
             let written = match revision {
                 None => match self.kv.create(model, value).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(None),
-                    Err(e) => Err(Some(e.to_string())),
+                    Ok(_) => Write::Done,
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Write::Lost,
+                    Err(e) if e.to_string().contains("timed out") => Write::TimedOut(e.to_string()),
+                    Err(e) => Write::Failed(e.to_string()),
                 },
                 Some(r) => match self.kv.update(model, value, r).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(None),
-                    Err(e) => Err(Some(e.to_string())),
+                    Ok(_) => Write::Done,
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Write::Lost,
+                    Err(e) if e.kind() == kv::UpdateErrorKind::TimedOut => {
+                        Write::TimedOut(e.to_string())
+                    }
+                    Err(e) => Write::Failed(e.to_string()),
                 },
             };
             match written {
-                Ok(()) => return Ok(out),
-                Err(Some(message)) => {
+                Write::Done => return Ok(out),
+                Write::Failed(message) => {
                     return Err(RegistryError::Bucket {
                         bucket: self.kv_bucket.to_string(),
                         message: format!("writing the manifest of {model:?}: {message}"),
                     })
                 }
-                Err(None) => {
+                Write::TimedOut(message) if started.elapsed() >= UNAVAILABLE_FOR => {
+                    return Err(unavailable(message))
+                }
+                Write::TimedOut(message) => {
+                    // The write may have landed: the next read shows it (and a lost race
+                    // then retries against the new revision as usual).
+                    tracing::info!(%model, error = %message, "manifest write timed out; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Write::Lost => {
+                    attempt += 1;
                     tracing::debug!(%model, attempt, "manifest changed under us; retrying");
                     let jitter = (nuid::next().as_bytes()[0] % 8) as u64;
                     tokio::time::sleep(Duration::from_millis(1 + jitter)).await;

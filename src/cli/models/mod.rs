@@ -35,6 +35,9 @@ pub struct ModelsArgs {
 
 #[derive(Debug, Subcommand)]
 enum ModelsCommand {
+    /// Create the registry's buckets (first step on a cluster: --replicas 3), or report how
+    /// the existing ones are replicated.
+    Init(InitArgs),
     /// Every model: current version, canary, number of versions, primary metric.
     List(Common),
     /// One model's manifest: current, canary, rollback stack and every version.
@@ -51,6 +54,15 @@ enum ModelsCommand {
     Canary(CanaryArgs),
     /// Write an ed25519 key pair for signing published versions.
     Keygen(KeygenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct InitArgs {
+    /// JetStream replicas of both buckets [default: registry.replicas from the settings].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
+    replicas: Option<u8>,
+    #[command(flatten)]
+    common: Common,
 }
 
 /// Flags every registry subcommand takes.
@@ -148,6 +160,7 @@ pub(super) struct KeygenArgs {
 
 pub async fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
     match args.command {
+        ModelsCommand::Init(a) => return steer::init(a).await,
         ModelsCommand::List(a) => inspect::list(a).await?,
         ModelsCommand::Show(a) => inspect::show(a).await?,
         ModelsCommand::History(a) => inspect::history(a).await?,

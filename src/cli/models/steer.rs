@@ -6,6 +6,8 @@ use flotilla_registry::{signing, Canary, Manifest};
 use serde::Serialize;
 
 use super::format::*;
+use std::process::ExitCode;
+
 use super::*;
 
 // ---- publish -------------------------------------------------------------------------
@@ -155,4 +157,74 @@ pub(super) async fn canary(args: CanaryArgs) -> anyhow::Result<()> {
         }
     })
     .await
+}
+
+/// `init --json`.
+#[derive(Debug, Serialize)]
+struct InitOutput {
+    buckets: Vec<InitBucket>,
+}
+
+#[derive(Debug, Serialize)]
+struct InitBucket {
+    bucket: String,
+    /// The JetStream stream behind it.
+    stream: String,
+    replicas: usize,
+    created: bool,
+    /// The replicas asked for, when the existing bucket has another count.
+    configured: Option<usize>,
+}
+
+/// Creates the buckets with the configured replicas, or reports the existing ones. A bucket
+/// replicated otherwise than asked exits 1: JetStream cannot be told to change it from here
+/// (`nats stream edit KV_<bucket> --replicas N` can).
+pub(super) async fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
+    let mut settings = args.common.nats.settings()?;
+    if let Some(n) = args.replicas {
+        settings.registry.replicas = n.into();
+    }
+    let client = settings.nats.connect("flotilla-models").await?;
+    let (_, buckets) = Registry::open_reporting(client, &settings.registry).await?;
+    let wanted = settings.registry.replicas;
+    let stream = |bucket: &str| {
+        let kind = if bucket == settings.registry.kv_bucket {
+            "KV"
+        } else {
+            "OBJ"
+        };
+        format!("{kind}_{bucket}")
+    };
+    let output = InitOutput {
+        buckets: buckets
+            .into_iter()
+            .map(|b| InitBucket {
+                configured: (b.replicas != wanted).then_some(wanted),
+                stream: stream(&b.name),
+                bucket: b.name,
+                replicas: b.replicas,
+                created: b.created,
+            })
+            .collect(),
+    };
+    let mismatched = output.buckets.iter().any(|b| b.configured.is_some());
+    if args.common.json {
+        print_json(&output)?;
+    } else {
+        for b in &output.buckets {
+            let what = if b.created { "created" } else { "exists" };
+            match b.configured {
+                None => println!("{}: {what}, {} replicas", b.bucket, b.replicas),
+                Some(n) => println!(
+                    "{}: {what}, {} replicas, but {n} were asked for; change it with `nats stream edit {} --replicas {n}`",
+                    b.bucket, b.replicas, b.stream
+                ),
+            }
+        }
+    }
+    Ok(if mismatched {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
