@@ -357,3 +357,40 @@ async fn issue8_6_sigterm_on_an_idle_worker_exits_zero_promptly() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     eprintln!("idle worker exited {took:?} after SIGTERM");
 }
+
+/// Issue 8, item 12: bodies over `inline_decode_bytes` were refused with 503 "too many large
+/// requests being decoded" while the queue was empty (90% at concurrency 128 with 256-row
+/// bodies). They now wait to be decoded up to a byte bound.
+#[tokio::test]
+async fn issue8_12_large_bodies_queue_instead_of_being_refused() {
+    let server = server();
+    let mut cfg = config(&server);
+    cfg.max_queue_rows = 65_536;
+    let _worker = Worker::start(cfg, vec![("iris", example_model("iris"))]).await;
+    let nats = connect(&server).await;
+    let inputs: Vec<Vec<f64>> = (0..256)
+        .map(|r| {
+            (0..4)
+                .map(|c| 1.0 + (r * 4 + c) as f64 * 1.234_567e-7)
+                .collect()
+        })
+        .collect();
+    let body = serde_json::json!({ "inputs": inputs }).to_string();
+    assert!(
+        body.len() > 16 * 1024,
+        "{} bytes is decoded inline",
+        body.len()
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..96 {
+        let (nats, body) = (nats.clone(), body.clone());
+        tasks.spawn(async move { request(&nats, "iris", &[], body).await.error_code() });
+    }
+    let mut refused = 0;
+    while let Some(code) = tasks.join_next().await {
+        if code.unwrap().is_some() {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 0, "large bodies were refused with room to spare");
+}

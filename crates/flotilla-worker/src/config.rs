@@ -33,6 +33,8 @@ pub struct WorkerConfig {
     pub max_request_rows: usize,
     /// Bodies up to this size are decoded on the read loop; larger ones on the rayon pool.
     pub inline_decode_bytes: usize,
+    /// Bytes of larger bodies that may wait to be decoded on the compute pool; past it, 503.
+    pub max_decode_bytes: usize,
     /// `HOST:PORT` for `/metrics`, `/healthz` and `/readyz`; empty to disable.
     pub metrics_addr: String,
     /// Threads for forward passes (0: one per core).
@@ -56,6 +58,7 @@ impl Default for WorkerConfig {
             max_queue_rows: 8192,
             max_request_rows: 1024,
             inline_decode_bytes: 16 * 1024,
+            max_decode_bytes: 64 * 1024 * 1024,
             metrics_addr: "127.0.0.1:9464".into(),
             compute_threads: 0,
             shutdown_timeout_secs: 30,

@@ -73,16 +73,20 @@ pub(crate) async fn read_loop(
             }
             continue;
         }
-        // A large body would hold up the read loop: decode it on the compute pool, within
-        // a bound, and refuse at once beyond it.
-        let permit = match shared.decode_permits.clone().try_acquire_owned() {
+        // A large body would hold up the read loop: decode it on the compute pool. What waits
+        // to be decoded is bounded in bytes (like the queue is in rows), so a burst of large
+        // requests queues up to that bound and only past it is refused.
+        let permit = match shared.decoding.reserve(message.payload.len()) {
             Ok(permit) => permit,
-            Err(_) => {
+            Err(waiting) => {
                 let encoding = Encoding::detect(message.headers.as_ref(), &message.payload)
                     .unwrap_or(Encoding::Json);
                 let err = ServiceError::new(
                     ErrorKind::Overloaded,
-                    "too many large requests being decoded; retry shortly",
+                    format!(
+                        "{waiting} bytes of requests are already waiting to be decoded (max_decode_bytes {}); retry, another worker may take it",
+                        shared.decoding.limit()
+                    ),
                 );
                 let out = Outgoing::error(reply, encoding, &err, received);
                 compute::publish(&shared, &slot, out).await;
@@ -215,4 +219,71 @@ pub(crate) fn check_features(
         )));
     }
     Ok(())
+}
+
+/// Bytes of request bodies waiting for (or in) decoding on the compute pool, bounded.
+#[derive(Debug)]
+pub(crate) struct DecodeBudget {
+    waiting: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+/// Bytes reserved in a [`DecodeBudget`], given back when dropped.
+pub(crate) struct DecodePermit {
+    budget: Arc<DecodeBudget>,
+    bytes: usize,
+}
+
+impl DecodeBudget {
+    pub(crate) fn new(limit: usize) -> Arc<DecodeBudget> {
+        Arc::new(DecodeBudget {
+            waiting: Default::default(),
+            limit,
+        })
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Reserves `bytes`, or says how many are already waiting. One request is always let
+    /// through when nothing waits, whatever its size (NATS bounds a body anyway).
+    pub(crate) fn reserve(self: &Arc<Self>, bytes: usize) -> Result<DecodePermit, usize> {
+        use std::sync::atomic::Ordering;
+        let before = self.waiting.fetch_add(bytes, Ordering::AcqRel);
+        if before > 0 && before + bytes > self.limit {
+            self.waiting.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(before);
+        }
+        Ok(DecodePermit {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for DecodePermit {
+    fn drop(&mut self) {
+        self.budget
+            .waiting
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_decode_budget_counts_bytes() {
+        let budget = DecodeBudget::new(100);
+        let a = budget.reserve(60).unwrap();
+        let b = budget.reserve(40).unwrap();
+        assert_eq!(budget.reserve(1).err(), Some(100));
+        drop(a);
+        let c = budget.reserve(50).unwrap();
+        drop((b, c));
+        // Alone, even an oversized body goes through.
+        assert!(budget.reserve(1_000).is_ok());
+    }
 }

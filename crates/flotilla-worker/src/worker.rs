@@ -14,7 +14,6 @@ use arc_swap::ArcSwap;
 use ed25519_dalek::VerifyingKey;
 use flotilla_proto::{predict_subject, validate_model_name};
 use flotilla_registry::{Registry, RegistryError};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +25,7 @@ use crate::follow;
 use crate::health::Health;
 use crate::live::{Live, ServedModel, Slot, Version};
 use crate::metrics::Metrics;
-use crate::read::read_loop;
+use crate::read::{read_loop, DecodeBudget};
 
 /// Why a worker could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +117,8 @@ pub(crate) struct Shared {
     pub(crate) client: async_nats::Client,
     pub(crate) pool: Arc<rayon::ThreadPool>,
     pub(crate) settings: Settings,
-    /// Bounds the large bodies being decoded on the pool at once.
-    pub(crate) decode_permits: Arc<Semaphore>,
+    /// Bounds the bytes of large bodies waiting to be decoded on the pool.
+    pub(crate) decoding: Arc<DecodeBudget>,
     /// This worker's id: the services API instance id and the `Flotilla-Worker` reply header.
     pub(crate) worker_id: Arc<String>,
     pub(crate) metrics: Metrics,
@@ -218,7 +217,7 @@ pub async fn run(
             max_request_rows: config.max_request_rows,
             inline_decode_bytes: config.inline_decode_bytes,
         },
-        decode_permits: Arc::new(Semaphore::new(2 * threads)),
+        decoding: DecodeBudget::new(config.max_decode_bytes),
         worker_id: worker_id.clone(),
         metrics: metrics.clone(),
     };
