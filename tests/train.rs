@@ -208,12 +208,40 @@ fn bad_input_is_refused_with_a_message_that_says_where() {
         "{err}"
     );
 
+    // Issue 8, item 18: a constant column is kept with scale 1 (as scikit-learn does), and a
+    // cell too large to standardise is refused before training, by column.
     let text = format!(
         "a,flat,y\n{}",
         (0..40).map(|i| format!("{i},5,{i}\n")).collect::<String>()
     );
-    let err = error_for(&text, "y", linear);
-    assert!(err.contains("feature `flat` is constant"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flat.csv");
+    std::fs::write(&path, &text).unwrap();
+    let dataset = train::load_csv(&path, "y").unwrap();
+    let config = TrainConfig {
+        epochs: 2,
+        ..TrainConfig::default()
+    };
+    let trained = train::fit(&dataset, linear, &config, &mut |_| {}).unwrap();
+    assert_eq!(trained.artifact.scaler.as_ref().unwrap().std[1], 1.0);
+    let text = format!(
+        "a,huge,y\n{}",
+        (0..40)
+            .map(|i| format!("{i},{},{i}\n", if i == 7 { "1e308" } else { "-1e308" }))
+            .collect::<String>()
+    );
+    let epochs = std::sync::atomic::AtomicUsize::new(0);
+    let path = dir.path().join("huge.csv");
+    std::fs::write(&path, &text).unwrap();
+    let dataset = train::load_csv(&path, "y").unwrap();
+    let err = train::fit(&dataset, linear, &TrainConfig::default(), &mut |_| {
+        epochs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    })
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("feature `huge`"), "{err}");
+    assert_eq!(epochs.into_inner(), 0, "refused before the first epoch");
 
     let text = format!("a,b,kind\n{}", rows(|i| ["x", "y", "z"][i % 3].to_owned()));
     let err = error_for(&text, "kind", ModelKind::Logistic);

@@ -164,6 +164,25 @@ pub fn worker_settings(
     Ok(config)
 }
 
+/// Writes command output to stdout. A reader that went away (`flotilla predict ... | head`)
+/// is not an error worth a panic: the error comes back as a [`std::io::ErrorKind::BrokenPipe`]
+/// that `main` turns into a quiet exit.
+pub fn print_out(text: std::fmt::Arguments) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(text)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Whether `error` is stdout's reader having gone away.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
 /// `--promote`: lists the choices in `--help` and errors, parses into [`Promote`].
 pub fn promote_parser() -> impl clap::builder::TypedValueParser<Value = flotilla_registry::Promote>
 {

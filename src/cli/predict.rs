@@ -71,7 +71,7 @@ pub async fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
                 Encoding::Json => serde_json::from_slice(&reply.body)?,
                 Encoding::MsgPack => rmp_serde::from_slice(&reply.body)?,
             };
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            super::print_out(format_args!("{}\n", serde_json::to_string_pretty(&value)?))?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

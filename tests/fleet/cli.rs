@@ -249,3 +249,66 @@ async fn bench_refuses_zero_swaps() {
     assert!(stderr.contains("--swaps"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Issue 8, item 19: `flotilla predict ... | head` could panic on a broken pipe.
+#[tokio::test]
+async fn predict_into_a_closed_pipe_exits_quietly() {
+    let server = server();
+    let _worker = Worker::start(config(&server), vec![("iris", example_model("iris"))]).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args([
+            "predict",
+            "iris",
+            "--x",
+            "5.1,3.5,1.4,0.2",
+            "--nats",
+            &server.url(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before anything is written, as `head -0` would.
+    drop(child.stdout.take());
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
+
+/// Issue 8, item 14: connection errors said "is nats-server running?" whatever the cause, and a
+/// missing CA file was not named.
+#[tokio::test]
+async fn connection_errors_say_what_went_wrong() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let out = flotilla(&["predict", "iris", "--x", "1", "--nats", &url]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is nats-server running?"), "{stderr}");
+
+    let server = server();
+    let missing = "/nonexistent/flotilla-ca.pem";
+    let out = flotilla(&[
+        "predict",
+        "iris",
+        "--x",
+        "1",
+        "--nats",
+        &server.url(),
+        "--nats-tls-ca",
+        missing,
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(missing), "{stderr}");
+    assert!(!stderr.contains("is nats-server running?"), "{stderr}");
+}

@@ -155,8 +155,8 @@ pub enum TrainError {
     },
     #[error("target `{column}` {message}")]
     Classes { column: String, message: String },
-    #[error("feature `{column}` is constant on the training split (its standard deviation is 0): it carries no information and cannot be standardised; drop the column")]
-    ConstantFeature { column: String },
+    #[error("feature `{column}` has values too large to standardise (its mean or spread is not a finite number); rescale the column")]
+    NotFiniteFeature { column: String },
     #[error("target `{column}` is constant on the training split; there is nothing to learn")]
     ConstantTarget { column: String },
     #[error("the {which} split is empty ({rows} rows with validation_fraction {fraction}); use more rows or another validation_fraction")]

@@ -16,23 +16,43 @@ pub struct Standardiser {
 }
 
 impl Standardiser {
-    /// Fits on `x` (the training rows). A column whose values are all equal cannot be scaled
-    /// and carries no information; it is refused by name rather than silently dropped, so the
-    /// artifact's inputs stay the file's columns.
+    /// Fits on `x` (the training rows). A column whose values are all equal on the training
+    /// split keeps scale 1, as scikit-learn's `StandardScaler` does (real data has them: the
+    /// 8x8 digits have constant pixels, and on a small split any rare feature can be), so the
+    /// artifact's inputs stay the file's columns; each is named in a warning. Scaled values
+    /// that are not finite (a cell of 1e308 overflows the variance) are refused now, naming
+    /// the column, rather than after every epoch has run.
     pub fn fit(x: ArrayView2<f64>, features: &[String]) -> Result<Standardiser, TrainError> {
         let mean = x
             .mean_axis(Axis(0))
             .expect("the training split is not empty");
-        let std = x.std_axis(Axis(0), 0.0);
-        for (j, (&s, &m)) in std.iter().zip(&mean).enumerate() {
-            // Rounding can leave a constant column with a std of a few ulps instead of 0.
-            if s <= f64::EPSILON * m.abs().max(1.0) {
-                return Err(TrainError::ConstantFeature {
+        let mut std = x.std_axis(Axis(0), 0.0);
+        for (j, (s, &m)) in std.iter_mut().zip(&mean).enumerate() {
+            if !(s.is_finite() && m.is_finite()) {
+                return Err(TrainError::NotFiniteFeature {
                     column: features[j].clone(),
                 });
             }
+            // Rounding can leave a constant column with a std of a few ulps instead of 0.
+            if *s <= f64::EPSILON * m.abs().max(1.0) {
+                tracing::warn!(
+                    column = %features[j],
+                    "feature is constant on the training split; kept with scale 1 (it carries no information)"
+                );
+                *s = 1.0;
+            }
         }
-        Ok(Standardiser { mean, std })
+        let scaler = Standardiser { mean, std };
+        let scaled = scaler.transform(x);
+        if let Some(j) = scaled
+            .axis_iter(Axis(1))
+            .position(|col| col.iter().any(|v| !v.is_finite()))
+        {
+            return Err(TrainError::NotFiniteFeature {
+                column: features[j].clone(),
+            });
+        }
+        Ok(scaler)
     }
 
     pub fn transform(&self, x: ArrayView2<f64>) -> Array2<f64> {
@@ -53,10 +73,18 @@ mod tests {
     use ndarray::array;
 
     #[test]
-    fn standardises_and_refuses_a_constant_column_by_name() {
+    fn standardises_and_keeps_a_constant_column_with_scale_one() {
+        // Issue 8, item 18: a constant column was refused; scikit-learn keeps it (scale 1).
         let x = array![[1.0, 0.1, 5.0], [3.0, 0.1, 7.0]];
         let names = ["a".to_owned(), "flat".to_owned(), "c".to_owned()];
-        let err = Standardiser::fit(x.view(), &names).unwrap_err().to_string();
+        let s = Standardiser::fit(x.view(), &names).unwrap();
+        assert_eq!(s.std[1], 1.0);
+        assert_eq!(s.transform(x.view()).column(1).to_vec(), vec![0.0, 0.0]);
+        // A cell of 1e308 overflows the variance: refused at once, by column.
+        let x = array![[1.0, 1e308], [3.0, -1e308]];
+        let err = Standardiser::fit(x.view(), &names[..2])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`flat`"), "{err}");
 
         let x = array![[1.0, 5.0], [3.0, 7.0]];

@@ -78,7 +78,7 @@ pub(super) async fn list(args: Common) -> anyhow::Result<()> {
                 .map_or("-".into(), |m| format!("{} {:.4}", m.name, m.value)),
         ]);
     }
-    print!("{table}");
+    super::super::print_out(format_args!("{table}"))?;
     Ok(())
 }
 
@@ -180,7 +180,7 @@ pub(super) async fn show(args: NamedArgs) -> anyhow::Result<()> {
             short_time(&v.created),
         ]);
     }
-    print!("{table}");
+    super::super::print_out(format_args!("{table}"))?;
     Ok(())
 }
 
@@ -248,7 +248,7 @@ pub(super) async fn history(args: NamedArgs) -> anyhow::Result<()> {
             metrics_text(&v.metrics),
         ]);
     }
-    print!("{table}");
+    super::super::print_out(format_args!("{table}"))?;
     println!("\nManifest changes, oldest first (the bucket keeps the last `registry.history`):");
     let mut table = Table::new(["REVISION", "WRITTEN", "CURRENT", "CANARY", "CHANGE"]);
     for c in &output.changes {
@@ -260,7 +260,7 @@ pub(super) async fn history(args: NamedArgs) -> anyhow::Result<()> {
             c.change.clone(),
         ]);
     }
-    print!("{table}");
+    super::super::print_out(format_args!("{table}"))?;
     Ok(())
 }
 

@@ -183,6 +183,5 @@ impl Common {
 }
 
 pub(super) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    super::print_out(format_args!("{}\n", serde_json::to_string_pretty(value)?))
 }

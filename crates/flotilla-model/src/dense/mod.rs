@@ -176,6 +176,12 @@ impl Dense {
                     ),
                 )
             })?;
+            if activation == Activation::Softmax && units == 1 {
+                return Err(invalid(
+                    field("activation"),
+                    "softmax over one unit is always 1.0; use sigmoid for a binary classifier",
+                ));
+            }
             let weights =
                 Array2::from_shape_vec((width, units), flat).expect("shape checked above");
             layers.push(Layer {
@@ -414,6 +420,18 @@ mod tests {
             let err = Model::from_bytes(text.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(field), "{field}: {err}");
         }
+    }
+
+    /// Issue 8, item 13: softmax over one unit always gives 1.0.
+    #[test]
+    fn softmax_over_one_unit_is_refused() {
+        let text = r#"{"format": "flotilla.model.v1", "inputs": 2, "outputs": 1,
+            "layers": [{"weights": [[1], [0]], "bias": [0], "activation": "softmax"}]}"#;
+        let err = Model::from_bytes(text.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("layers[0].activation"), "{err}");
+        assert!(err.contains("softmax over one unit"), "{err}");
+        let ok = text.replace("softmax", "sigmoid");
+        assert!(Model::from_bytes(ok.as_bytes()).is_ok());
     }
 
     #[test]
