@@ -1,5 +1,10 @@
 //! The `flotilla` binary: parse flags, load settings, set up logging, run one subcommand.
-//! Everything it calls lives in the library or in `cli/`, which only wires parts together.
+//! Everything it calls lives in the workspace's library crates (`crates/`); `cli/` only wires
+//! them together, and `settings` layers every subcommand's settings.
+
+// Flag and subcommand help is written as doc comments (clap reads them), so their brackets and
+// angle brackets are help text, not rustdoc links or HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 mod cli;
 mod settings;

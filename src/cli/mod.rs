@@ -183,7 +183,7 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
         .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-/// `--promote`: lists the choices in `--help` and errors, parses into [`Promote`].
+/// `--promote`: lists the choices in `--help` and errors, parses into [`flotilla_registry::Promote`].
 pub fn promote_parser() -> impl clap::builder::TypedValueParser<Value = flotilla_registry::Promote>
 {
     use clap::builder::TypedValueParser;

@@ -3,10 +3,10 @@
 //! replies to each caller with exactly its own rows. Models come from files or follow the
 //! JetStream registry, hot-swapped without failing a request.
 //!
-//! Per model there are two tasks. The *read loop* ([`read`]) owns the subscription and only
-//! admits or refuses; the *batch loop* ([`compute`]) takes the next batch whenever the previous
-//! one is done and has the model's compute thread run it. What a model serves is a [`live`]
-//! value swapped atomically; in registry mode [`follow`] builds new ones as manifests change.
+//! Per model there are two tasks. The *read loop* (`read`) owns the subscription and only
+//! admits or refuses; the *batch loop* (`compute`) takes the next batch whenever the previous
+//! one is done and has the model's compute thread run it. What a model serves is a `live`
+//! value swapped atomically; in registry mode `follow` builds new ones as manifests change.
 //!
 //! # Layout
 //! - [`worker`]: [`run`], the set of served models, start-up and drain.

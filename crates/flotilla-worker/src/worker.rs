@@ -1,6 +1,6 @@
-//! Running a worker: the set of models it serves, each with a read loop ([`crate::read`]) and
-//! a batch loop ([`crate::compute`]), started from files or from the registry
-//! ([`crate::follow`]), and drained on shutdown.
+//! Running a worker: the set of models it serves, each with a read loop (`read`) and
+//! a batch loop (`compute`), started from files or from the registry
+//! (`follow`), and drained on shutdown.
 //!
 //! Every request that reaches a read loop gets exactly one reply. Shutdown is a
 //! [`CancellationToken`]: read loops drain their subscriptions and exit, which closes the
