@@ -40,8 +40,7 @@ MUST_HAVE_DATA=(
   "Workers per model"
   "Versions served per worker"
   "Distinct versions per model"
-  # Needs the flotilla_max_queue_rows{model} gauge; add it here once workers export it:
-  # "Queued rows vs limit"
+  "Queued rows vs limit"
 )
 
 if [ $# -ne 1 ]; then

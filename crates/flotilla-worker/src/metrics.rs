@@ -21,6 +21,8 @@ pub struct Metrics {
     pub batch_rows: HistogramVec,
     /// Rows admitted and waiting.
     pub queue_rows: IntGaugeVec,
+    /// The most rows that may wait (`max_queue_rows`), so saturation is a ratio of two series.
+    pub max_queue_rows: IntGaugeVec,
     /// The version currently served.
     pub model_version: IntGaugeVec,
     /// Registry versions that could not be loaded, by model and reason (download, checksum,
@@ -98,6 +100,10 @@ impl Metrics {
             "Rows admitted and waiting for a batch.",
         );
         let model_version = gauge("flotilla_model_version", "Model version being served.");
+        let max_queue_rows = gauge(
+            "flotilla_max_queue_rows",
+            "Rows that may wait for a batch before requests are refused (max_queue_rows).",
+        );
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
             registry.register(Box::new(c.clone())).expect("unique name");
@@ -127,6 +133,7 @@ impl Metrics {
             compute_duration,
             batch_rows,
             queue_rows,
+            max_queue_rows,
             model_version,
             load_failures,
             swaps,

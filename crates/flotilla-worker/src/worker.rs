@@ -169,6 +169,11 @@ impl ServedModels {
                 source,
             })?;
         let (queue, batcher) = batch::channel(self.limits);
+        self.shared
+            .metrics
+            .max_queue_rows
+            .with_label_values(&[name])
+            .set(self.limits.max_queue_rows as i64);
         let mut endpoints = Vec::clone(&self.endpoints.load());
         endpoints.push(endpoint(&slot, &subject, &self.queue_group, &queue));
         self.endpoints.store(Arc::new(endpoints));
