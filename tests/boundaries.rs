@@ -9,22 +9,48 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "flotilla-proto",
         &[
-            "clap", "plotters", "indicatif", "ndarray", "rayon", "nix", "tract-onnx",
-            "tokenizers", "flotilla-model",
+            "clap",
+            "plotters",
+            "indicatif",
+            "ndarray",
+            "rayon",
+            "nix",
+            "tract-onnx",
+            "tokenizers",
+            "flotilla-model",
         ],
     ),
     (
         "flotilla-model",
-        &["async-nats", "tokio", "clap", "plotters", "indicatif", "flotilla-proto"],
+        &[
+            "async-nats",
+            "tokio",
+            "clap",
+            "plotters",
+            "indicatif",
+            "flotilla-proto",
+        ],
     ),
-    ("flotilla-registry", &["clap", "plotters", "indicatif", "rayon"]),
+    (
+        "flotilla-registry",
+        &["clap", "plotters", "indicatif", "rayon"],
+    ),
     ("flotilla-worker", &["clap", "plotters", "indicatif"]),
     ("flotilla-train", &["async-nats", "tokio", "clap"]),
 ];
 
 fn dependencies(krate: &str) -> Vec<String> {
     let out = Command::new(env!("CARGO"))
-        .args(["tree", "--offline", "-e", "normal", "--prefix", "none", "-p", krate])
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "-p",
+            krate,
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("running cargo tree");

@@ -22,6 +22,14 @@ pub struct BenchArgs {
     /// Requests in flight at once (one task each, closed loop).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// NATS connections the tasks are spread over: one connection tops out near 20k req/s,
+    /// well below what a worker takes.
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    connections: usize,
+    /// Send this file's bytes as every request body (JSON, or MessagePack such as a binary
+    /// tensor request) instead of generated rows.
+    #[arg(long, value_name = "FILE")]
+    payload: Option<std::path::PathBuf>,
     /// Seconds per measured run.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -62,18 +70,19 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     /// The closed loop these flags describe.
-    fn load_spec(&self, features: usize) -> LoadSpec {
+    fn load_spec(&self, features: usize, payload: Option<bytes::Bytes>) -> LoadSpec {
         LoadSpec {
             concurrency: self.concurrency.max(1),
             duration: Duration::from_secs_f64(self.duration),
             rows: self.rows.max(1),
             features,
-            encoding: if self.msgpack {
-                Encoding::MsgPack
-            } else {
-                Encoding::Json
+            encoding: match &payload {
+                Some(body) => Encoding::detect(None, body).expect("sniffing never fails"),
+                None if self.msgpack => Encoding::MsgPack,
+                None => Encoding::Json,
             },
             timeout: Duration::from_secs(5),
+            payload,
         }
     }
 }
@@ -84,8 +93,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.swaps.is_some() || args.swap_every_ms.is_some() {
         return swapping(&args, &settings, nats).await;
     }
+    let payload = match &args.payload {
+        Some(path) => Some(bytes::Bytes::from(
+            std::fs::read(path).with_context(|| format!("reading --payload {}", path.display()))?,
+        )),
+        None => None,
+    };
     let features = match args.features {
         Some(n) => n,
+        None if payload.is_some() => 0,
         None => bench::discover_features(&nats, &args.model)
             .await
             .with_context(|| {
@@ -95,11 +111,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 )
             })?,
     };
-    let spec = args.load_spec(features);
-    let client = Client::new(nats.clone()).with_prefix(settings.subject_prefix.clone());
+    let spec = args.load_spec(features, payload);
+    let mut clients = vec![Client::new(nats.clone()).with_prefix(settings.subject_prefix.clone())];
+    for _ in 1..args.connections {
+        let nats = settings.nats.connect("flotilla-bench").await?;
+        clients.push(Client::new(nats).with_prefix(settings.subject_prefix.clone()));
+    }
+    let client = &clients[..];
     eprintln!(
-        "bench: model {:?}, concurrency {}, {} row(s) x {} features, {:?}, {:.1} s per run",
-        args.model, spec.concurrency, spec.rows, spec.features, spec.encoding, args.duration
+        "bench: model {:?}, concurrency {} over {} connection(s), {}, {:?}, {:.1} s per run",
+        args.model,
+        spec.concurrency,
+        clients.len(),
+        match &spec.payload {
+            Some(body) => format!("a {}-byte payload file", body.len()),
+            None => format!("{} row(s) x {} features", spec.rows, spec.features),
+        },
+        spec.encoding,
+        args.duration
     );
     // Warm connections and caches on both paths before measuring.
     let warm = LoadSpec {
@@ -119,13 +148,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             stop.clone(),
         )
         .await?;
-        bench::run_load(&client, &echo_name, "echo", &warm).await;
-        bench::run_load(&client, &args.model, &args.model, &warm).await;
+        bench::run_load(client, &echo_name, "echo", &warm).await;
+        bench::run_load(client, &args.model, &args.model, &warm).await;
         let mut throughput = Vec::new();
         let mut p99 = Vec::new();
         for round in 1..=args.rounds.max(1) {
-            let e = bench::run_load(&client, &echo_name, "echo", &spec).await;
-            let m = bench::run_load(&client, &args.model, &args.model, &spec).await;
+            let e = bench::run_load(client, &echo_name, "echo", &spec).await;
+            let m = bench::run_load(client, &args.model, &args.model, &spec).await;
             if !args.json {
                 println!("round {round}\n  {e}\n  {m}");
             }
@@ -148,8 +177,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             );
         }
     } else {
-        bench::run_load(&client, &args.model, &args.model, &warm).await;
-        let report: Report = bench::run_load(&client, &args.model, &args.model, &spec).await;
+        bench::run_load(client, &args.model, &args.model, &warm).await;
+        let report: Report = bench::run_load(client, &args.model, &args.model, &spec).await;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
@@ -239,12 +268,12 @@ async fn swapping(
         Ok(())
     } else {
         let every = Duration::from_millis(args.swap_every_ms.unwrap_or(100));
-        let spec = args.load_spec(features);
-        let client = Client::new(nats.clone()).with_prefix(settings.subject_prefix.clone());
+        let spec = args.load_spec(features, None);
+        let client = &[Client::new(nats.clone()).with_prefix(settings.subject_prefix.clone())][..];
         let mut ratios = Vec::new();
         let mut swapped = 0u64;
         for round in 1..=args.rounds.max(1) {
-            let calm = bench::run_load(&client, model, "no swaps", &spec).await;
+            let calm = bench::run_load(client, model, "no swaps", &spec).await;
             let stop = CancellationToken::new();
             let swapper = {
                 let (registry, stop, model) = (registry.clone(), stop.clone(), model.to_owned());
@@ -265,7 +294,7 @@ async fn swapping(
                     n
                 })
             };
-            let busy = bench::run_load(&client, model, "swapping", &spec).await;
+            let busy = bench::run_load(client, model, "swapping", &spec).await;
             stop.cancel();
             let n = swapper.await.unwrap_or(0);
             swapped += n;

@@ -24,6 +24,8 @@ pub struct LoadSpec {
     pub features: usize,
     pub encoding: Encoding,
     pub timeout: Duration,
+    /// A request body to send as it is, instead of generated rows.
+    pub payload: Option<bytes::Bytes>,
 }
 
 /// One run's numbers.
@@ -66,13 +68,16 @@ pub fn rows(rows: usize, features: usize, seed: usize) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// Runs the closed loop against `model` and reports.
-pub async fn run_load(client: &Client, model: &str, target: &str, spec: &LoadSpec) -> Report {
+/// Runs the closed loop against `model` and reports. The `concurrency` tasks are spread over
+/// `clients` (one NATS connection each), since one connection, one socket and one connection
+/// task cap what a single client can push well below what the broker and a worker can take.
+pub async fn run_load(clients: &[Client], model: &str, target: &str, spec: &LoadSpec) -> Report {
     let start = Instant::now();
     let deadline = start + spec.duration;
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..spec.concurrency {
-        let (client, model, spec) = (client.clone(), model.to_owned(), spec.clone());
+        let client = clients[t % clients.len()].clone();
+        let (model, spec) = (model.to_owned(), spec.clone());
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -83,15 +88,18 @@ pub async fn run_load(client: &Client, model: &str, target: &str, spec: &LoadSpe
                 timeout: spec.timeout,
             };
             // A few distinct bodies, encoded up front, so the loop measures the fleet, not us.
-            let bodies: Vec<_> = (0..8)
-                .map(|k| {
-                    PredictRequest::encode(
-                        spec.encoding,
-                        &rows(spec.rows, spec.features, t * 8 + k),
-                        None,
-                    )
-                })
-                .collect();
+            let bodies: Vec<_> = match &spec.payload {
+                Some(payload) => vec![payload.clone()],
+                None => (0..8)
+                    .map(|k| {
+                        PredictRequest::encode(
+                            spec.encoding,
+                            &rows(spec.rows, spec.features, t * 8 + k),
+                            None,
+                        )
+                    })
+                    .collect(),
+            };
             while Instant::now() < deadline {
                 let sent = Instant::now();
                 match client

@@ -312,3 +312,44 @@ async fn connection_errors_say_what_went_wrong() {
     assert!(stderr.contains(missing), "{stderr}");
     assert!(!stderr.contains("is nats-server running?"), "{stderr}");
 }
+
+/// Issue 9: `flotilla bench` spreads its tasks over several connections and can send a payload
+/// file as it is.
+#[tokio::test]
+async fn bench_runs_over_several_connections_with_a_payload_file() {
+    let server = server();
+    let _worker = Worker::start(config(&server), vec![("iris", example_model("iris"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("one.json");
+    std::fs::write(
+        &payload,
+        r#"{"inputs": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}"#,
+    )
+    .unwrap();
+    let out = flotilla(&[
+        "bench",
+        "--model",
+        "iris",
+        "--nats",
+        &server.url(),
+        "--duration",
+        "0.3",
+        "--concurrency",
+        "8",
+        "--connections",
+        "2",
+        "--payload",
+        payload.to_str().unwrap(),
+        "--json",
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+}

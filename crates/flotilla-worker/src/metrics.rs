@@ -34,6 +34,12 @@ pub struct Metrics {
     pub follower_restarts: IntCounterVec,
 }
 
+/// Queue and compute times of small models are microseconds: these start at 1 µs so a
+/// histogram can tell 2 µs from 90 µs (both were below the first request bucket).
+const FINE_BUCKETS: &[f64] = &[
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+    0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
@@ -67,12 +73,12 @@ impl Metrics {
         let queue_duration = histogram(
             "flotilla_queue_duration_seconds",
             "Time a request waited before its batch formed.",
-            LATENCY_BUCKETS,
+            FINE_BUCKETS,
         );
         let compute_duration = histogram(
             "flotilla_compute_duration_seconds",
             "Time to compute one batch (forward pass and reply encoding).",
-            LATENCY_BUCKETS,
+            FINE_BUCKETS,
         );
         let batch_rows = histogram(
             "flotilla_batch_rows",
