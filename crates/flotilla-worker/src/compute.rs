@@ -67,41 +67,35 @@ impl Outgoing {
     }
 }
 
-/// A dedicated OS thread that runs one model's batches, one at a time. It blocks when idle,
-/// where idle rayon workers spin-yield for a while (on a two-core machine that measurably
-/// steals the CPU that NATS needs); large batches still fan out over the rayon pool.
-pub struct ComputeThread {
-    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
-}
-
-impl ComputeThread {
-    pub fn spawn(model: &str) -> std::io::Result<ComputeThread> {
-        let (jobs, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
-        std::thread::Builder::new()
-            .name(format!("flotilla-batch-{model}"))
-            .spawn(move || {
-                // Ends when the batch loop drops its sender.
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            })?;
-        Ok(ComputeThread { jobs })
-    }
-
-    fn run(&self, job: Box<dyn FnOnce() + Send>) {
-        self.jobs
-            .send(job)
-            .expect("the compute thread lives as long as this handle");
-    }
-}
-
-/// Forms batches whenever the compute is free, computes them off the runtime, replies.
-pub async fn batch_loop(
+/// Starts one model's batch loop on a dedicated OS thread, returning a receiver that fires when
+/// the loop has answered everything and ended (its queue closed at shutdown).
+///
+/// The thread waits for the next batch, computes it right there and publishes the replies: a
+/// batch costs one wake-up of this thread, where a batch loop task on the runtime handing work
+/// to a compute thread and waiting for it back cost three thread switches, which for small
+/// models was most of the worker's time. The thread blocks when idle, where idle rayon
+/// workers spin-yield for a while (on a two-core machine that steals the CPU NATS needs);
+/// large batches still fan out over the rayon pool. It runs no other task, so a forward pass
+/// never holds up the async runtime; its timers and channels are the runtime's, entered
+/// through `handle`.
+pub fn spawn_batch_loop(
+    handle: tokio::runtime::Handle,
     shared: Shared,
     slot: Arc<Slot>,
-    mut batcher: batch::Batcher<Job>,
-    compute_thread: ComputeThread,
-) {
+    batcher: batch::Batcher<Job>,
+) -> std::io::Result<oneshot::Receiver<()>> {
+    let (done, ended) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("flotilla-batch-{}", slot.name))
+        .spawn(move || {
+            handle.block_on(batch_loop(shared, slot, batcher));
+            let _ = done.send(());
+        })?;
+    Ok(ended)
+}
+
+/// Forms batches whenever the previous one is done, computes each on this thread, replies.
+async fn batch_loop(shared: Shared, slot: Arc<Slot>, mut batcher: batch::Batcher<Job>) {
     while let Some(batch) = batcher.next_batch().await {
         let formed = Instant::now();
         slot.queue_rows.set(batcher.queued_rows() as i64);
@@ -134,17 +128,12 @@ pub async fn batch_loop(
             .map(|e| (e.item.reply.clone(), e.item.encoding, e.arrived))
             .collect();
         let live = slot.live.load_full();
-        let (tx, rx) = oneshot::channel();
-        let (compute_slot, pool) = (slot.clone(), shared.pool.clone());
-        compute_thread.run(Box::new(move || {
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                compute(&live, entries, &compute_slot, &pool)
-            }));
-            let _ = tx.send(outcome);
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            compute(&live, entries, &slot, &shared.pool)
         }));
-        let replies = match rx.await {
-            Ok(Ok(replies)) => replies,
-            Ok(Err(panic)) => {
+        let replies = match outcome {
+            Ok(replies) => replies,
+            Err(panic) => {
                 let why = crate::panic_text(&*panic);
                 tracing::error!(model = %slot.name, %why, "batch computation panicked");
                 let err = ServiceError::internal(format!("computing the batch failed: {why}"));
@@ -153,7 +142,6 @@ pub async fn batch_loop(
                     .map(|(reply, enc, at)| Outgoing::error(reply, enc, &err, at))
                     .collect()
             }
-            Err(_) => unreachable!("the compute thread runs every job, which always sends"),
         };
         for out in replies {
             publish(&shared, &slot, out).await;

@@ -35,7 +35,7 @@ pub enum WorkerError {
         subject: String,
         source: async_nats::SubscribeError,
     },
-    #[error("starting a compute thread: {0}")]
+    #[error("starting a model's batch thread: {0}")]
     Thread(std::io::Error),
     #[error("building the compute pool: {0}")]
     Pool(#[from] rayon::ThreadPoolBuildError),
@@ -184,13 +184,16 @@ impl ServedModels {
             queue,
             self.shutdown.clone(),
         ));
-        let thread = compute::ComputeThread::spawn(name).map_err(WorkerError::Thread)?;
-        self.batch_loops.spawn(compute::batch_loop(
+        let ended = compute::spawn_batch_loop(
+            tokio::runtime::Handle::current(),
             self.shared.clone(),
             slot.clone(),
             batcher,
-            thread,
-        ));
+        )
+        .map_err(WorkerError::Thread)?;
+        self.batch_loops.spawn(async move {
+            let _ = ended.await;
+        });
         self.served.insert(name.to_owned());
         Ok(slot)
     }
