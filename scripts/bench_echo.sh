@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The worker against the broker's ceiling, measured from outside: a throwaway nats-server on a
+# free loopback port, an independent load generator (natsprobe, ../shared/tools/natsprobe) and
+# its bare echo responder, and one or more `flotilla worker` binaries serving models/linear.json
+# (10 features). Rounds alternate echo and each worker binary, so drifting background load hits
+# all alike; every run prints natsprobe's JSON line, prefixed with what it measured.
+#
+#   scripts/bench_echo.sh NATSPROBE ROUNDS CONCURRENCY SECONDS PAYLOAD FLOTILLA [FLOTILLA...]
+#
+# e.g. scripts/bench_echo.sh /tmp/np/release/natsprobe 5 64 5 one.json target/release/flotilla
+# Loopback only; every process it starts is stopped on exit.
+set -euo pipefail
+probe=$1 rounds=$2 conc=$3 secs=$4 payload=$5
+shift 5
+binaries=("$@")
+root="$(cd "$(dirname "$0")/.." && pwd)"
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+url="nats://127.0.0.1:$port"
+nats-server -a 127.0.0.1 -p "$port" -sd "$dir/js" >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
+"$probe" --url "$url" echo --subject bench.echo &
+pids+=($!)
+
+for round in $(seq "$rounds"); do
+  echo "# round $round" >&2
+  printf 'echo '
+  "$probe" --url "$url" load --subject bench.echo --payload "$payload" --concurrency "$conc" --seconds "$secs"
+  for i in "${!binaries[@]}"; do
+    bin=${binaries[$i]}
+    "$bin" worker --nats "$url" --metrics-addr "" --model "lin=$root/models/linear.json" >/dev/null 2>&1 &
+    wpid=$!
+    for _ in $(seq 200); do
+      "$probe" --url "$url" load --subject flotilla.predict.lin --payload "$payload" --concurrency 1 --seconds 0.05 2>/dev/null | grep -q '"ok":[1-9]' && break
+      sleep 0.05
+    done
+    printf 'worker%s ' "$i"
+    "$probe" --url "$url" load --subject flotilla.predict.lin --payload "$payload" --concurrency "$conc" --seconds "$secs"
+    kill -TERM "$wpid"; wait "$wpid" 2>/dev/null || true
+  done
+done
