@@ -47,6 +47,7 @@ impl Loader {
                 model: model.clone(),
                 message: format!("it names version {version} but does not describe it"),
             })?;
+        let model_name = model.clone();
         let built = self
             .registry
             .load(model, version, info, self.trusted.clone())
@@ -54,8 +55,9 @@ impl Loader {
         // The first forward pass touches every weight page and allocator path: do it here,
         // not on a caller's request.
         let built = tokio::task::spawn_blocking(move || {
-            let zeros = ndarray::Array2::zeros((1, built.inputs()));
-            built.forward(zeros.view());
+            if let Err(e) = built.warm_up() {
+                tracing::warn!(%model_name, version, error = %e, "warm-up pass failed");
+            }
             built
         })
         .await
