@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use flotilla_model::Kind;
 use flotilla_registry::{
     primary_metric, signing, Canary, Manifest, ManifestRevision, Promote, Registry,
 };
@@ -35,7 +36,7 @@ enum ModelsCommand {
     Show(NamedArgs),
     /// One model's versions in order, and the manifest's recorded changes.
     History(NamedArgs),
-    /// Publish a JSON or MessagePack artifact as the model's next version.
+    /// Publish a model file (a JSON or MessagePack artifact, or an ONNX file) as the model's next version.
     Publish(PublishArgs),
     /// Make a version current.
     Promote(PromoteArgs),
@@ -69,8 +70,9 @@ struct NamedArgs {
 struct PublishArgs {
     /// Model name.
     model: String,
-    /// The artifact (`flotilla.model.v1`, JSON or MessagePack); its `metadata.metrics` feed
-    /// the promotion gate.
+    /// The model file: a `flotilla.model.v1` artifact (.json or .msgpack; its
+    /// `metadata.metrics` feed the promotion gate) or an ONNX file (.onnx), refused here if
+    /// no worker could load it.
     file: PathBuf,
     /// Secret key file from `flotilla models keygen`; workers that trust its public key
     /// accept the version.
@@ -483,10 +485,12 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(signing::read_signing_key)
         .transpose()?;
+    let kind = Kind::of_path(&args.file).unwrap_or(Kind::Dense);
     let registry = args.common.registry().await?;
     let published = registry
-        .publish(
+        .publish_kind(
             &args.model,
+            kind,
             &artifact,
             BTreeMap::new(),
             key.as_ref(),
@@ -509,7 +513,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .as_deref()
         .map_or("unsigned".into(), |s| format!("signed by {}", short(s)));
     println!(
-        "{}: published version {} (sha256 {}, {signed})",
+        "{}: published version {} ({kind}, sha256 {}, {signed})",
         output.model,
         output.version,
         short(&output.sha256),
@@ -835,6 +839,7 @@ mod tests {
 
     fn info() -> VersionInfo {
         VersionInfo {
+            kind: Kind::Dense,
             object: "iris/x".into(),
             sha256: "ab".repeat(32),
             size: 10,

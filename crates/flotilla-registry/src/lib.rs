@@ -29,7 +29,7 @@ pub use config::RegistryConfig;
 pub use error::RegistryError;
 pub use manifest::{primary_metric, Canary, Manifest, ManifestError, Promote, VersionInfo};
 
-use flotilla_model::{Artifact, ArtifactEncoding, Dense, Model};
+use flotilla_model::{Artifact, ArtifactEncoding, Dense, Kind, Model};
 use flotilla_proto::validate_model_name;
 
 /// What [`Registry::publish`] did.
@@ -186,10 +186,26 @@ impl Registry {
         }
     }
 
-    /// Publishes an artifact (JSON or MessagePack) as the model's next version.
+    /// Publishes a dense artifact (JSON or MessagePack) as the model's next version.
     pub async fn publish(
         &self,
         model: &str,
+        artifact: &[u8],
+        metrics: BTreeMap<String, f64>,
+        signing_key: Option<&SigningKey>,
+        promote: Promote,
+    ) -> Result<Published, RegistryError> {
+        self.publish_kind(model, Kind::Dense, artifact, metrics, signing_key, promote)
+            .await
+    }
+
+    /// Publishes an artifact of `kind` as the model's next version, after building it as a
+    /// worker would: what no worker could load is refused here, with the reason. A dense
+    /// artifact is stored in one canonical encoding (MessagePack), an ONNX file as it is.
+    pub async fn publish_kind(
+        &self,
+        model: &str,
+        kind: Kind,
         artifact: &[u8],
         metrics: BTreeMap<String, f64>,
         signing_key: Option<&SigningKey>,
@@ -200,15 +216,30 @@ impl Registry {
             model: model.into(),
             message,
         };
-        // Refuse what no worker could load, and store one canonical encoding.
-        let parsed = Artifact::from_bytes(artifact).map_err(|e| publish_error(e.to_string()))?;
-        let metrics = if metrics.is_empty() {
-            metrics_from_metadata(&parsed)
-        } else {
-            metrics
+        let (bytes, metrics) = match kind {
+            Kind::Dense => {
+                let parsed =
+                    Artifact::from_bytes(artifact).map_err(|e| publish_error(e.to_string()))?;
+                let metrics = if metrics.is_empty() {
+                    metrics_from_metadata(&parsed)
+                } else {
+                    metrics
+                };
+                Dense::from_artifact(&parsed).map_err(|e| publish_error(e.to_string()))?;
+                (parsed.to_bytes(ArtifactEncoding::MsgPack), metrics)
+            }
+            _ => {
+                let bytes = artifact.to_vec();
+                let checked = bytes.clone();
+                tokio::task::spawn_blocking(move || Model::from_kind_bytes(kind, &checked))
+                    .await
+                    .expect("building a model does not panic")
+                    .map_err(|e| {
+                        publish_error(format!("no worker could load this {kind} model: {e}"))
+                    })?;
+                (bytes, metrics)
+            }
         };
-        Dense::from_artifact(&parsed).map_err(|e| publish_error(e.to_string()))?;
-        let bytes = parsed.to_bytes(ArtifactEncoding::MsgPack);
         let sha256 = signing::to_hex(&Sha256::digest(&bytes));
         let (signature, signer) = match signing_key {
             Some(key) => {
@@ -225,6 +256,7 @@ impl Registry {
             .await
             .map_err(|e| publish_error(format!("storing the artifact: {e}")))?;
         let info = VersionInfo {
+            kind,
             object,
             sha256: sha256.clone(),
             size: bytes.len() as u64,
@@ -346,7 +378,7 @@ impl Registry {
                 &info.sha256,
                 info.signature.as_deref(),
             )?;
-            Model::from_bytes(&bytes).map_err(|source| RegistryError::Invalid {
+            Model::from_kind_bytes(info.kind, &bytes).map_err(|source| RegistryError::Invalid {
                 model: model_name,
                 version,
                 source,

@@ -276,12 +276,14 @@ fn output_spec(
         DatumType::F64 => DType::F64,
         DatumType::I64 | DatumType::I32 => DType::I64,
         DatumType::String => DType::String,
-        other => return Err(invalid(
-            field,
-            format!(
+        other => {
+            return Err(invalid(
+                field,
+                format!(
                 "has dtype {other:?}; flotilla serves float32, float64, int64 and string outputs"
             ),
-        )),
+            ))
+        }
     };
     let dims: Vec<&TDim> = fact.shape.iter().collect();
     let batch_ok = match (dims.first(), fixed_batch) {
