@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Send MessagePack instead of JSON.
     #[arg(long)]
     msgpack: bool,
+    /// Send each request as one MessagePack binary f32 tensor (`inputs: {shape, dtype,
+    /// data}`), the fast path for numeric models; implies --msgpack.
+    #[arg(long)]
+    binary: bool,
     /// Also run the same load against a bare echo responder, alternating with the model.
     #[arg(long)]
     echo: bool,
@@ -68,7 +72,8 @@ impl BenchArgs {
             duration: Duration::from_secs_f64(self.duration),
             rows: self.rows.max(1),
             features,
-            encoding: if self.msgpack {
+            binary: self.binary,
+            encoding: if self.msgpack || self.binary {
                 Encoding::MsgPack
             } else {
                 Encoding::Json

@@ -120,6 +120,18 @@ fn check_one(
         _ => {}
     }
     let flat = t.row_shape.len() <= 1 && t.row_len() == spec.row_len();
+    if t.row_shape.is_empty() && !flat && !t.values.is_text() {
+        let first = if field == "x" {
+            "x".into()
+        } else {
+            format!("{field}[0]")
+        };
+        return Err(ServiceError::bad_request(format!(
+            "{first} is one number, but {input} expects rows of shape {:?} ({} values): send each row as a list",
+            spec.shape,
+            spec.row_len()
+        )));
+    }
     if t.row_shape != spec.shape && !flat {
         return Err(ServiceError::bad_request(
             if spec.shape.len() == 1 && t.row_shape.len() == 1 {
