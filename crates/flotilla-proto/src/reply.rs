@@ -83,7 +83,7 @@ impl<'a> ValuesRef<'a> {
     }
 
     /// Little-endian bytes of every value as `dtype` (text has none).
-    fn to_le_bytes(&self, dtype: TensorDType) -> Vec<u8> {
+    fn le_bytes(&self, dtype: TensorDType) -> Vec<u8> {
         fn bytes<T: Copy>(v: &[T], f: impl Fn(T) -> f64, dtype: TensorDType) -> Vec<u8> {
             let mut out = Vec::with_capacity(v.len() * dtype.size());
             for &x in v {
@@ -123,7 +123,7 @@ impl Serialize for OutputsRef<'_> {
                 let shape: Vec<usize> = std::iter::once(self.rows)
                     .chain(self.row_shape.iter().copied())
                     .collect();
-                let data = self.values.to_le_bytes(dtype);
+                let data = self.values.le_bytes(dtype);
                 let mut map = s.serialize_map(Some(3))?;
                 map.serialize_entry("shape", &shape)?;
                 map.serialize_entry("dtype", dtype.as_str())?;

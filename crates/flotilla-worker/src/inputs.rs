@@ -243,14 +243,14 @@ mod tests {
         let cnn = onnx("cnn");
         let nested = format!(
             "{{\"inputs\": [[[{}]]]}}",
-            vec!["[0,1,2,3,4,5,6,7]"; 8].join(",")
+            ["[0,1,2,3,4,5,6,7]"; 8].join(",")
         );
         check(&request(&nested), &cnn, "cnn").unwrap();
-        let flat = format!("{{\"x\": [{}]}}", vec!["0.5"; 64].join(","));
+        let flat = format!("{{\"x\": [{}]}}", ["0.5"; 64].join(","));
         check(&request(&flat), &cnn, "cnn").unwrap();
         let wrong = format!(
             "{{\"inputs\": [[[{}]]]}}",
-            vec!["[0,1,2,3,4,5,6,7]"; 7].join(",")
+            ["[0,1,2,3,4,5,6,7]"; 7].join(",")
         );
         let msg = refusal(&cnn, &wrong);
         assert!(msg.contains("expects rows of shape [1, 8, 8]"), "{msg}");
