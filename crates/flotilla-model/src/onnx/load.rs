@@ -41,10 +41,15 @@ pub(crate) enum Outputs {
 }
 
 pub(crate) fn load(bytes: &[u8]) -> Result<Loaded, ModelError> {
-    let onnx = super::ml::framework();
-    let mut proto = onnx
+    let proto = super::ml::framework()
         .proto_model_for_read(&mut &bytes[..])
         .map_err(|e| ModelError::Corrupt(format!("{e:#}")))?;
+    load_proto(proto)
+}
+
+/// [`load`] from the decoded protobuf.
+fn load_proto(mut proto: pb::ModelProto) -> Result<Loaded, ModelError> {
+    let onnx = super::ml::framework();
     let graph = proto
         .graph
         .as_mut()
@@ -390,4 +395,101 @@ fn integer_class_labels(graph: &mut pb::GraphProto) {
 /// tract's refusal, with its causes.
 fn tract_error(e: &tract_onnx::prelude::TractError) -> ModelError {
     ModelError::Onnx(format!("{e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An example's protobuf, to be broken in one way by each test.
+    fn proto(name: &str) -> pb::ModelProto {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../../models/onnx/{name}.onnx"));
+        let bytes = std::fs::read(path).unwrap();
+        super::super::ml::framework()
+            .proto_model_for_read(&mut &bytes[..])
+            .unwrap()
+    }
+
+    fn refusal(proto: pb::ModelProto) -> String {
+        match load_proto(proto) {
+            Ok(_) => panic!("must be refused"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn input_type(proto: &mut pb::ModelProto, i: usize) -> &mut type_proto::Tensor {
+        let input = &mut proto.graph.as_mut().unwrap().input[i];
+        match input.r#type.as_mut().unwrap().value.as_mut().unwrap() {
+            type_proto::Value::TensorType(t) => t,
+        }
+    }
+
+    #[test]
+    fn several_inputs_need_names() {
+        let mut p = proto("two_inputs");
+        p.graph.as_mut().unwrap().input[1].name = String::new();
+        let msg = refusal(p);
+        assert!(
+            msg.contains("inputs[1]") && msg.contains("has 2 inputs and this one has no name"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn inputs_of_other_dtypes_are_refused_naming_the_dtype() {
+        let mut p = proto("mlp");
+        input_type(&mut p, 0).elem_type = DataType::Uint8 as i32;
+        let msg = refusal(p);
+        assert!(
+            msg.contains("input \"x\"")
+                && msg.contains("has dtype uint8; flotilla feeds float32, float64 and int64"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn per_row_dimensions_must_be_fixed() {
+        let mut p = proto("mlp");
+        let dims = &mut input_type(&mut p, 0).shape.as_mut().unwrap().dim;
+        dims[1].value = Some(dimension::Value::DimParam("features".into()));
+        let msg = refusal(p);
+        assert!(
+            msg.contains("dimension 1 is the symbol \"features\""),
+            "{msg}"
+        );
+    }
+
+    /// skl2onnx leaves the batch dimension blank; tract refuses that unless it is set.
+    #[test]
+    fn a_blank_batch_dimension_becomes_the_symbol_n() {
+        let mut p = proto("mlp");
+        input_type(&mut p, 0).shape.as_mut().unwrap().dim[0].value = None;
+        let loaded = load_proto(p).unwrap();
+        assert_eq!(loaded.signature.inputs[0].shape, [64]);
+        assert_eq!(loaded.fixed_batch, None);
+    }
+
+    /// A file that fixes its batch size runs in chunks of exactly that many rows.
+    #[test]
+    fn a_fixed_batch_dimension_is_kept() {
+        let mut p = proto("mlp");
+        input_type(&mut p, 0).shape.as_mut().unwrap().dim[0].value =
+            Some(dimension::Value::DimValue(4));
+        let loaded = load_proto(p).unwrap();
+        assert_eq!(loaded.fixed_batch, Some(4));
+        let onnx = crate::Onnx::from_loaded(loaded);
+        let rows = 10;
+        let x: Vec<f32> = (0..rows * 64).map(|i| (i % 7) as f32 / 7.0).collect();
+        let input = crate::Tensor::new(rows, vec![64], crate::Data::F32(x.clone()));
+        let fixed = crate::Backend::compute(&onnx, vec![input.clone()]).unwrap();
+        let symbolic = crate::Onnx::from_loaded(load_proto(proto("mlp")).unwrap());
+        let whole = crate::Backend::compute(&symbolic, vec![input]).unwrap();
+        assert_eq!(fixed.outputs.rows, rows);
+        let (crate::Data::F32(a), crate::Data::F32(b)) = (&fixed.outputs.data, &whole.outputs.data)
+        else {
+            panic!("f32 outputs")
+        };
+        assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5));
+    }
 }

@@ -54,18 +54,22 @@ impl Onnx {
     /// Decodes, checks and optimises an ONNX file. Errors name what was expected: the
     /// unsupported operator, the input without a name, the dtype, the dimension.
     pub fn from_bytes(bytes: &[u8]) -> Result<Onnx, ModelError> {
+        load::load(bytes).map(Onnx::from_loaded)
+    }
+
+    fn from_loaded(loaded: Loaded) -> Onnx {
         let Loaded {
             plan,
             signature,
             outputs,
             fixed_batch,
-        } = load::load(bytes)?;
-        Ok(Onnx {
+        } = loaded;
+        Onnx {
             plan,
             signature,
             outputs,
             fixed_batch,
-        })
+        }
     }
 
     /// Runs rows `start..end` of every input through the plan, padding with zeros up to
