@@ -6,6 +6,14 @@
 //! batches at once and swaps it without locks. Forward passes are synchronous CPU work for a
 //! rayon pool, never for an async runtime thread.
 //!
+//! A backend declares its [`Signature`] (each input's name, per-row shape and dtype; what a
+//! reply's `outputs` and, for classifiers, `labels` hold) and computes a batch of
+//! batch-first [`Tensor`]s, one per input. The worker checks requests against the signature
+//! and concatenates them row-wise, so it never knows the kind. A text encoder plugs in the
+//! same way: one input of dtype [`DType::String`] with per-row shape `[]`, its embeddings as
+//! `outputs` and its token counts as an extra per-row field ([`Computed::extras`]), plus a
+//! [`Kind`] variant and a branch in [`Model::from_kind_bytes`] / [`Model::load`] (a directory).
+//!
 //! # Layout
 //! - [`tensor`]: the seam's types: [`Signature`] (what a model takes and gives, per row),
 //!   [`Tensor`] and [`Data`] (batch-first values, numbers or text), [`Computed`].
