@@ -9,7 +9,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use flotilla_proto::{Encoding, Label, MatrixRef, PredictReply, PredictRequest, YPred};
+use flotilla_proto::{
+    Encoding, Inputs, Label, OutputsRef, PredictReply, PredictRequest, Values, ValuesRef, YPred,
+};
 
 /// (name, rows, features) of each request size.
 const REQUESTS: [(&str, usize, usize); 2] = [("1x10", 1, 10), ("256x64", 256, 64)];
@@ -41,13 +43,19 @@ fn decode(c: &mut Criterion) {
         for (name, encoding) in ENCODINGS {
             let body = PredictRequest::encode(encoding, &matrix, Some("bench"));
             let decoded = PredictRequest::decode(encoding, &body).expect("a valid request");
+            let Inputs::Unnamed(input) = &decoded.inputs else {
+                panic!("one unnamed input")
+            };
             assert_eq!(
-                (decoded.inputs.rows, decoded.inputs.features),
-                (rows, features)
+                (input.rows, input.row_shape.as_slice()),
+                (rows, &[features][..])
             );
+            let Values::F64(got) = &input.values else {
+                panic!("numbers")
+            };
             // MessagePack carries the f64 bits. serde_json without its `float_roundtrip`
             // feature parses some shortest-repr floats one ulp off, hence a tolerance.
-            for (got, want) in decoded.inputs.values.iter().zip(matrix.concat()) {
+            for (got, want) in got.iter().zip(matrix.concat()) {
                 assert!(
                     (got - want).abs() <= f64::EPSILON * want.abs(),
                     "{name} round trip: {got} != {want}"
@@ -69,18 +77,25 @@ fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode_reply");
     for (size, rows, outputs, classifier) in REPLIES {
         let block = values(rows * outputs, 2);
-        let labels: Vec<Label> = (0..rows as u64).map(|i| Label::Index(i % 10)).collect();
+        let labels: Vec<Label> = (0..rows as i64).map(|i| Label::Index(i % 10)).collect();
+        let row_shape = [outputs];
         let reply = PredictReply {
-            outputs: MatrixRef {
-                values: &block,
-                cols: outputs,
+            outputs: OutputsRef {
+                values: ValuesRef::F64(&block),
+                rows,
+                row_shape: &row_shape,
+                binary: None,
             },
             labels: classifier.then_some(&labels[..]),
             model: "bench",
             version: 1,
             id: Some("bench"),
             // The one-row case is the `x` form, whose reply also carries `y_pred`.
-            y_pred: (rows == 1).then(|| YPred::Scalar(block[0])),
+            y_pred: (rows == 1).then(|| YPred {
+                values: ValuesRef::F64(&block),
+                row_shape: &row_shape,
+            }),
+            extras: Vec::new(),
         };
         for (name, encoding) in ENCODINGS {
             let bytes = encoding.encode(&reply).expect("a reply encodes").len();

@@ -18,8 +18,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use flotilla_model::{Artifact, Label, LayerSpec, Model, Scaler, FORMAT_V1};
-use flotilla_proto::{Encoding, MatrixRef, PredictReply, PredictRequest, Prediction};
+use flotilla_model::{Artifact, Data, Label, LayerSpec, Model, Scaler, Tensor, FORMAT_V1};
+use flotilla_proto::{
+    Encoding, Inputs, OutputsRef, PredictReply, PredictRequest, Prediction, Values, ValuesRef,
+};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 const ROWS: usize = 256;
@@ -169,32 +171,38 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 }
 
 /// The worker's path for one request, minus NATS: decode the body, copy it into the batch
-/// buffer, forward, label, encode the reply (as `worker::compute` and `encode_reply` do).
+/// buffer, compute (forward and labels), encode the reply (as `worker::compute` and
+/// `encode_reply` do).
 fn worker_path(model: &Model, body: &[u8]) -> bytes::Bytes {
     let request = PredictRequest::decode(Encoding::MsgPack, body).expect("a valid request");
-    let rows = request.inputs.rows;
+    let Inputs::Unnamed(input) = &request.inputs else {
+        panic!("one unnamed input")
+    };
+    let Values::F64(sent) = &input.values else {
+        panic!("numbers")
+    };
+    let rows = input.rows;
     let mut values = Vec::with_capacity(rows * model.inputs());
-    values.extend_from_slice(&request.inputs.values);
-    let x = Array2::from_shape_vec((rows, model.inputs()), values).expect("checked shape");
-    let y = model.forward(x.view());
-    let y = y.as_standard_layout();
-    let block = y.as_slice().expect("standard layout");
-    let outputs = model.outputs();
+    values.extend_from_slice(sent);
+    let batch = Tensor::new(rows, vec![model.inputs()], Data::F64(values));
+    let computed = model.compute(vec![batch]).expect("a dense model computes");
+    let Data::F64(block) = &computed.outputs.data else {
+        panic!("dense outputs are f64")
+    };
     assert!(block.iter().all(|v| v.is_finite()));
-    let labels: Vec<Label> = block
-        .chunks(outputs)
-        .filter_map(|row| model.label(row))
-        .collect();
-    let reply = PredictReply {
-        outputs: MatrixRef {
-            values: block,
-            cols: outputs,
+    let reply = PredictReply::<Label> {
+        outputs: OutputsRef {
+            values: ValuesRef::F64(block),
+            rows,
+            row_shape: &computed.outputs.row_shape,
+            binary: None,
         },
-        labels: Some(&labels),
+        labels: computed.labels.as_deref(),
         model: "bench",
         version: 1,
         id: request.id.as_deref(),
         y_pred: None,
+        extras: Vec::new(),
     };
     Encoding::MsgPack.encode(&reply).expect("a reply encodes")
 }

@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Send MessagePack instead of JSON.
     #[arg(long)]
     msgpack: bool,
+    /// Send each request as one MessagePack binary f32 tensor (`inputs: {shape, dtype,
+    /// data}`), the fast path for numeric models; implies --msgpack.
+    #[arg(long)]
+    binary: bool,
     /// Also run the same load against a bare echo responder, alternating with the model.
     #[arg(long)]
     echo: bool,
@@ -76,9 +80,10 @@ impl BenchArgs {
             duration: Duration::from_secs_f64(self.duration),
             rows: self.rows.max(1),
             features,
+            binary: self.binary,
             encoding: match &payload {
                 Some(body) => Encoding::detect(None, body).expect("sniffing never fails"),
-                None if self.msgpack => Encoding::MsgPack,
+                None if self.msgpack || self.binary => Encoding::MsgPack,
                 None => Encoding::Json,
             },
             timeout: Duration::from_secs(5),

@@ -23,6 +23,8 @@ pub struct LoadSpec {
     pub rows: usize,
     pub features: usize,
     pub encoding: Encoding,
+    /// Send each request as one binary f32 tensor (MessagePack), not as rows of numbers.
+    pub binary: bool,
     pub timeout: Duration,
     /// A request body to send as it is, instead of generated rows.
     pub payload: Option<bytes::Bytes>,
@@ -36,6 +38,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub seconds: f64,
     pub requests_per_sec: f64,
+    /// `requests_per_sec` times the rows per request.
+    pub rows_per_sec: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
@@ -45,9 +49,10 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:<24} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  ok {}  errors {:?}",
+            "{:<24} {:>10.0} req/s {:>10.0} rows/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  ok {}  errors {:?}",
             self.target,
             self.requests_per_sec,
+            self.rows_per_sec,
             self.p50_ms,
             self.p99_ms,
             self.p999_ms,
@@ -92,11 +97,19 @@ pub async fn run_load(clients: &[Client], model: &str, target: &str, spec: &Load
                 Some(payload) => vec![payload.clone()],
                 None => (0..8)
                     .map(|k| {
-                        PredictRequest::encode(
-                            spec.encoding,
-                            &rows(spec.rows, spec.features, t * 8 + k),
-                            None,
-                        )
+                        let rows = rows(spec.rows, spec.features, t * 8 + k);
+                        if spec.binary {
+                            let values: Vec<f32> =
+                                rows.concat().iter().map(|&v| v as f32).collect();
+                            PredictRequest::encode_binary_f32(
+                                spec.rows,
+                                &[spec.features],
+                                &values,
+                                None,
+                            )
+                        } else {
+                            PredictRequest::encode(spec.encoding, &rows, None)
+                        }
                     })
                     .collect(),
             };
@@ -138,6 +151,7 @@ pub async fn run_load(clients: &[Client], model: &str, target: &str, spec: &Load
         errors,
         seconds,
         requests_per_sec: latencies.len() as f64 / seconds,
+        rows_per_sec: (latencies.len() * spec.rows) as f64 / seconds,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         p999_ms: pct(0.999),

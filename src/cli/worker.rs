@@ -18,7 +18,8 @@ use super::NatsArgs;
 pub struct WorkerArgs {
     #[command(flatten)]
     nats: NatsArgs,
-    /// A model to serve from a file, NAME=PATH (JSON or MessagePack artifact); repeatable.
+    /// A model to serve from a file, NAME=PATH: a .json or .msgpack artifact, or an .onnx
+    /// file; repeatable.
     #[arg(long = "model", value_name = "NAME=PATH")]
     models: Vec<String>,
     /// Serve models from the registry and follow their manifests: NAME[,NAME...] or '*'

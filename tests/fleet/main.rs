@@ -9,6 +9,8 @@ mod errors;
 mod hostile;
 mod load;
 mod models_cli;
+mod onnx;
+mod onnx_registry;
 mod predict;
 mod registry;
 mod swap;

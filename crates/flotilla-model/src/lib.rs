@@ -6,13 +6,28 @@
 //! batches at once and swaps it without locks. Forward passes are synchronous CPU work for a
 //! rayon pool, never for an async runtime thread.
 //!
+//! A backend declares its [`Signature`] (each input's name, per-row shape and dtype; what a
+//! reply's `outputs` and, for classifiers, `labels` hold) and computes a batch of
+//! batch-first [`Tensor`]s, one per input. The worker checks requests against the signature
+//! and concatenates them row-wise, so it never knows the kind. A text encoder plugs in the
+//! same way: one input of dtype [`DType::String`] with per-row shape `[]`, its embeddings as
+//! `outputs` and its token counts as an extra per-row field ([`Computed::extras`]), plus a
+//! [`Kind`] variant and a branch in [`Model::from_kind_bytes`] / [`Model::load`] (a directory).
+//!
 //! # Layout
+//! - [`tensor`]: the seam's types: [`Signature`] (what a model takes and gives, per row),
+//!   [`Tensor`] and [`Data`] (batch-first values, numbers or text), [`Computed`].
 //! - [`dense`]: the `flotilla.model.v1` artifact (dense layers with an optional scaler), its
 //!   validation and its forward pass on ndarray.
+//! - [`onnx`]: ONNX files run by tract (pure Rust), including the `ai.onnx.ml` operators
+//!   scikit-learn exports use.
 //! - [`Label`]: a classifier's predicted label.
-//! - [`ModelError`]: why an artifact could not become a model; messages name the field.
+//! - [`ModelError`]: why an artifact could not become a model; messages name the field, the
+//!   operator or the dtype.
 
 pub mod dense;
+pub mod onnx;
+pub mod tensor;
 
 use std::fmt;
 use std::path::Path;
@@ -21,6 +36,8 @@ use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 pub use dense::{Artifact, ArtifactEncoding, Dense, LayerSpec, Scaler, FORMAT_V1};
+pub use onnx::Onnx;
+pub use tensor::{ComputeError, Computed, DType, Data, DataRef, Signature, Tensor, TensorSpec};
 
 /// Why an artifact could not be turned into a model. Messages name the offending field.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +51,27 @@ pub enum ModelError {
     Decode(String),
     #[error("invalid model: {field}: {message}")]
     Invalid { field: String, message: String },
+    /// An ONNX file that does not even decode.
+    #[error("not a readable ONNX file: {0}")]
+    Corrupt(String),
+    /// An ONNX operator tract does not implement.
+    #[error("unsupported operator {op:?}{} in node {node:?}: tract cannot run it; re-export the model without it", domain_text(.domain))]
+    UnsupportedOperator {
+        op: String,
+        domain: String,
+        node: String,
+    },
+    /// An ONNX model tract refused, for a reason other than the above.
+    #[error("tract cannot load this ONNX model: {0}")]
+    Onnx(String),
+}
+
+fn domain_text(domain: &str) -> String {
+    if domain.is_empty() {
+        String::new()
+    } else {
+        format!(" (domain {domain:?})")
+    }
 }
 
 pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ModelError {
@@ -47,7 +85,8 @@ pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> M
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Label {
-    Index(u64),
+    /// An integer class: the class index of a dense model, or an ONNX model's integer label.
+    Index(i64),
     Name(String),
 }
 
@@ -66,12 +105,36 @@ impl fmt::Display for Label {
 pub enum Kind {
     /// `flotilla.model.v1`: dense layers.
     Dense,
+    /// An ONNX file.
+    Onnx,
 }
 
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Dense => "dense",
+            Kind::Onnx => "onnx",
+        }
+    }
+}
+
+impl Kind {
+    /// The kind of a model file, from its path: `.json`/`.msgpack` are dense artifacts,
+    /// `.onnx` ONNX files. `None` for anything else (a directory will be a text encoder).
+    pub fn of_path(path: &Path) -> Option<Kind> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "json" | "msgpack" | "mpk" => Some(Kind::Dense),
+            "onnx" => Some(Kind::Onnx),
+            _ => None,
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        match name {
+            "dense" => Some(Kind::Dense),
+            "onnx" => Some(Kind::Onnx),
+            _ => None,
         }
     }
 }
@@ -82,20 +145,22 @@ impl fmt::Display for Kind {
     }
 }
 
-/// One kind of model's forward pass. Implementations are immutable and thread-safe; `forward`
-/// may split large batches over the current rayon pool.
+/// One kind of model, behind the seam. Implementations are immutable and thread-safe;
+/// `compute` runs on the calling thread and may split large batches over the current rayon
+/// pool.
 pub trait Backend: Send + Sync + fmt::Debug {
     fn kind(&self) -> Kind;
-    /// Values per input row.
-    fn inputs(&self) -> usize;
-    /// Values per output row.
-    fn outputs(&self) -> usize;
-    /// Whether outputs are class probabilities with a label per row.
-    fn is_classifier(&self) -> bool;
-    /// `rows x inputs` to `rows x outputs`.
-    fn forward(&self, x: ArrayView2<f64>) -> Array2<f64>;
-    /// The label of one output row, for classifiers.
-    fn label(&self, output: &[f64]) -> Option<Label>;
+    /// What the model takes and gives, per row.
+    fn signature(&self) -> &Signature;
+    /// Computes a batch. `inputs[i]` matches `signature().inputs[i]`: its dtype, its row
+    /// shape, and every input has the same number of rows (the worker has checked; a backend
+    /// answers [`ComputeError::Mismatch`] rather than panicking when not). Inputs are passed
+    /// by value so a backend can take their buffers without copying.
+    fn compute(&self, inputs: Vec<Tensor>) -> Result<Computed, ComputeError>;
+    /// The label of one `outputs` row of f64, for dense classifiers (the trainer's metrics).
+    fn label(&self, _output: &[f64]) -> Option<Label> {
+        None
+    }
 }
 
 /// An artifact checked to be loadable, in the form the registry stores.
@@ -108,8 +173,22 @@ pub struct Publishable {
     pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
-/// Checks that `bytes` build a model (the same checks a worker makes) and returns what to
-/// publish, so the registry never stores a version no worker could load.
+/// Checks that `bytes` build a model of `kind` (the same checks a worker makes) and returns
+/// what to publish, so the registry never stores a version no worker could load. Dense
+/// artifacts are re-encoded canonically; other kinds are stored as they are.
+pub fn publishable_kind(kind: Kind, bytes: &[u8]) -> Result<Publishable, ModelError> {
+    if kind == Kind::Dense {
+        return publishable(bytes);
+    }
+    Model::from_kind_bytes(kind, bytes)?;
+    Ok(Publishable {
+        kind,
+        bytes: bytes.to_vec(),
+        metrics: Default::default(),
+    })
+}
+
+/// [`publishable_kind`] for a dense artifact (JSON or MessagePack).
 pub fn publishable(bytes: &[u8]) -> Result<Publishable, ModelError> {
     let artifact = Artifact::from_bytes(bytes)?;
     Dense::from_artifact(&artifact)?;
@@ -148,16 +227,35 @@ impl Model {
         Model { backend, metadata }
     }
 
-    /// Reads and validates a model file: a `flotilla.model.v1` artifact (JSON or MessagePack).
+    /// Reads and validates a model file of the kind its path says ([`Kind::of_path`]); a
+    /// file with another extension is read as a dense artifact, as before kinds existed.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
+        if path.is_dir() {
+            return Err(invalid(
+                "path",
+                format!(
+                    "{} is a directory; this worker serves .json/.msgpack (flotilla.model.v1) and .onnx files",
+                    path.display()
+                ),
+            ));
+        }
+        let kind = Kind::of_path(path).unwrap_or(Kind::Dense);
         let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        Model::from_bytes(&bytes)
+        Model::from_kind_bytes(kind, &bytes)
     }
 
-    /// Builds a model from an artifact's bytes.
+    /// Builds a model of `kind` from its artifact's bytes.
+    pub fn from_kind_bytes(kind: Kind, bytes: &[u8]) -> Result<Model, ModelError> {
+        match kind {
+            Kind::Dense => Model::from_bytes(bytes),
+            Kind::Onnx => Ok(Model::new(Box::new(Onnx::from_bytes(bytes)?), None)),
+        }
+    }
+
+    /// Builds a dense model from a `flotilla.model.v1` artifact's bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Model, ModelError> {
         Model::from_artifact(Artifact::from_bytes(bytes)?)
     }
@@ -173,31 +271,88 @@ impl Model {
         self.backend.kind()
     }
 
-    pub fn inputs(&self) -> usize {
-        self.backend.inputs()
+    pub fn signature(&self) -> &Signature {
+        self.backend.signature()
     }
 
+    /// Values per row of the first input.
+    pub fn inputs(&self) -> usize {
+        self.signature().inputs[0].row_len()
+    }
+
+    /// Values per row of `outputs`.
     pub fn outputs(&self) -> usize {
-        self.backend.outputs()
+        self.signature().output.row_len()
     }
 
     pub fn is_classifier(&self) -> bool {
-        self.backend.is_classifier()
+        self.signature().labels.is_some()
     }
 
     pub fn metadata(&self) -> Option<&serde_json::Value> {
         self.metadata.as_ref()
     }
 
-    /// The forward pass over `rows x inputs`, returning `rows x outputs`, on the current
-    /// rayon pool.
-    pub fn forward(&self, x: ArrayView2<f64>) -> Array2<f64> {
-        assert_eq!(x.ncols(), self.inputs(), "caller checks the feature count");
-        self.backend.forward(x)
+    /// Computes a batch on the calling thread (large batches may fan out over the current
+    /// rayon pool), after checking that it matches the signature.
+    pub fn compute(&self, inputs: Vec<Tensor>) -> Result<Computed, ComputeError> {
+        check_batch(self.signature(), &inputs)?;
+        self.backend.compute(inputs)
     }
 
-    /// The forward pass on `pool`: small batches are computed right here on the calling
-    /// thread, larger ones split by rows across the pool.
+    /// [`Model::compute`] on `pool`: small batches right here on the calling thread, larger
+    /// ones inside the pool so that backends can split them by rows.
+    pub fn compute_on(
+        &self,
+        pool: &rayon::ThreadPool,
+        inputs: Vec<Tensor>,
+    ) -> Result<Computed, ComputeError> {
+        if inputs.first().map_or(0, |t| t.rows) <= ROWS_PER_TASK {
+            self.compute(inputs)
+        } else {
+            pool.install(|| self.compute(inputs))
+        }
+    }
+
+    /// One pass over a row of zeros (empty texts), so the first caller does not pay for
+    /// touching every weight page and allocator path.
+    pub fn warm_up(&self) -> Result<(), ComputeError> {
+        let inputs = self
+            .signature()
+            .inputs
+            .iter()
+            .map(|s| Tensor::new(1, s.shape.clone(), Data::zeros(s.dtype, s.row_len())))
+            .collect();
+        self.compute(inputs).map(|_| ())
+    }
+
+    /// The forward pass of a one-input numeric model over `rows x inputs` f64 values,
+    /// returning `outputs` as `rows x outputs` f64: the trainer's and the benches' view.
+    ///
+    /// # Panics
+    /// When the model does not take one numeric input of `x.ncols()` values per row, or its
+    /// outputs are not numbers.
+    pub fn forward(&self, x: ArrayView2<f64>) -> Array2<f64> {
+        let spec = &self.signature().inputs;
+        assert!(
+            spec.len() == 1 && spec[0].dtype.is_numeric(),
+            "forward takes one numeric input"
+        );
+        assert_eq!(x.ncols(), self.inputs(), "caller checks the feature count");
+        let values = x.iter().copied();
+        let data = match spec[0].dtype {
+            DType::F64 => Data::F64(values.collect()),
+            DType::F32 => Data::F32(values.map(|v| v as f32).collect()),
+            DType::I64 => Data::I64(values.map(|v| v as i64).collect()),
+            DType::String => unreachable!("checked above"),
+        };
+        let input = Tensor::new(x.nrows(), spec[0].shape.clone(), data);
+        let computed = self.compute(vec![input]).expect("forward pass");
+        let out = computed.outputs.data.to_f64().expect("numeric outputs");
+        Array2::from_shape_vec((x.nrows(), self.outputs()), out).expect("rows x outputs")
+    }
+
+    /// [`Model::forward`] on `pool`, as [`Model::compute_on`].
     pub fn forward_on(&self, pool: &rayon::ThreadPool, x: ArrayView2<f64>) -> Array2<f64> {
         if x.nrows() <= ROWS_PER_TASK {
             self.forward(x)
@@ -206,8 +361,43 @@ impl Model {
         }
     }
 
-    /// The predicted label of one output row, for classifiers.
+    /// The predicted label of one output row, for dense classifiers.
     pub fn label(&self, output: &[f64]) -> Option<Label> {
         self.backend.label(output)
     }
+}
+
+/// Checks a batch against a signature: one tensor per input, each of its dtype and row shape,
+/// all with the same number of rows and as many values as they claim.
+pub fn check_batch(signature: &Signature, inputs: &[Tensor]) -> Result<(), ComputeError> {
+    let mismatch = |m: String| Err(ComputeError::Mismatch(m));
+    if inputs.len() != signature.inputs.len() {
+        return mismatch(format!(
+            "{} inputs given, the model takes {}",
+            inputs.len(),
+            signature.inputs.len()
+        ));
+    }
+    let rows = inputs.first().map_or(0, |t| t.rows);
+    for (t, spec) in inputs.iter().zip(&signature.inputs) {
+        if t.data.dtype() != spec.dtype {
+            return mismatch(format!(
+                "input {:?} is {}, the model takes {}",
+                spec.name,
+                t.data.dtype(),
+                spec.dtype
+            ));
+        }
+        if t.row_shape != spec.shape || t.rows != rows || t.data.len() != rows * spec.row_len() {
+            return mismatch(format!(
+                "input {:?} has {} rows of shape {:?} and {} values; the model takes rows of shape {:?}, {rows} of them",
+                spec.name,
+                t.rows,
+                t.row_shape,
+                t.data.len(),
+                spec.shape
+            ));
+        }
+    }
+    Ok(())
 }

@@ -9,7 +9,8 @@
 //! - [`name`]: [`ModelName`], the predict and services API subjects.
 //! - [`headers`]: header names and [`RequestOptions`] (`Flotilla-Version`, `Flotilla-Timeout-Ms`).
 //! - [`encoding`]: JSON and MessagePack, chosen by `Content-Type` or sniffed.
-//! - [`request`]: decoding a request body into rows, with errors that name the spot.
+//! - [`request`]: decoding a request body (rows of any shape, text rows, binary tensors,
+//!   named inputs) into flat buffers, with errors that name the spot.
 //! - [`reply`]: reply bodies, written by workers and read by clients; [`Label`].
 //! - [`error`]: [`ErrorKind`] (one code each), [`ServiceError`], error replies.
 //! - [`client`]: [`Client`], a typed caller of `flotilla.predict.<model>`.
@@ -30,5 +31,7 @@ pub use encoding::{error_encoding, Encoding};
 pub use error::{error_reply, parse_error_reply, ErrorKind, ServiceError};
 pub use headers::{header, RequestOptions};
 pub use name::{predict_subject, validate_model_name, ModelName, DEFAULT_PREFIX};
-pub use reply::{reply_headers, Label, MatrixRef, PredictReply, Prediction, YPred};
-pub use request::{PredictRequest, Rows};
+pub use reply::{
+    reply_headers, Label, MatrixRef, OutputsRef, PredictReply, Prediction, ValuesRef, YPred,
+};
+pub use request::{InputTensor, Inputs, PredictRequest, TensorDType, Values};

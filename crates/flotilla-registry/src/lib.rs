@@ -311,11 +311,33 @@ impl Registry {
         }
     }
 
-    /// Publishes an artifact as the model's next version. The caller has checked that a
-    /// worker can load it (see `flotilla_model::publishable`): the registry stores bytes.
+    /// Publishes a dense artifact as the model's next version; see [`Registry::publish_kind`].
     pub async fn publish(
         &self,
         model: &str,
+        artifact: &[u8],
+        metrics: BTreeMap<String, f64>,
+        signing_key: Option<&SigningKey>,
+        promote: Promote,
+    ) -> Result<Published, RegistryError> {
+        self.publish_kind(
+            model,
+            manifest::DEFAULT_KIND,
+            artifact,
+            metrics,
+            signing_key,
+            promote,
+        )
+        .await
+    }
+
+    /// Publishes an artifact of `kind` as the model's next version. The caller has checked
+    /// that a worker can load it (see `flotilla_model::publishable`): the registry stores
+    /// bytes and the kind's name.
+    pub async fn publish_kind(
+        &self,
+        model: &str,
+        kind: &str,
         artifact: &[u8],
         metrics: BTreeMap<String, f64>,
         signing_key: Option<&SigningKey>,
@@ -349,6 +371,7 @@ impl Registry {
             .await
             .map_err(|e| publish_error(format!("storing the artifact: {e}")))?;
         let info = VersionInfo {
+            kind: kind.to_owned(),
             object,
             sha256: sha256.clone(),
             size: artifact.len() as u64,

@@ -39,6 +39,12 @@ pub struct Canary {
 /// What the registry knows of one version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionInfo {
+    /// The kind of model the artifact is (`dense`, `onnx`, `text-embedding`), which says how
+    /// to build it. Manifests written before kinds existed have none: their versions are
+    /// dense. The registry stores the name and never interprets it: the worker's model crate
+    /// does, and refuses a kind it does not know as it would a bad artifact.
+    #[serde(default = "dense")]
+    pub kind: String,
     /// Name of the artifact's object in the object store bucket.
     pub object: String,
     /// Lower-case hex SHA-256 of the artifact bytes.
@@ -55,6 +61,13 @@ pub struct VersionInfo {
     pub metrics: BTreeMap<String, f64>,
     /// RFC 3339 creation time.
     pub created: String,
+}
+
+/// The kind of a version whose manifest names none.
+pub const DEFAULT_KIND: &str = "dense";
+
+fn dense() -> String {
+    DEFAULT_KIND.into()
 }
 
 /// When a newly published version becomes current.
@@ -280,6 +293,7 @@ mod tests {
 
     fn info(accuracy: f64) -> VersionInfo {
         VersionInfo {
+            kind: DEFAULT_KIND.into(),
             object: "o".into(),
             sha256: "00".into(),
             size: 1,
@@ -349,5 +363,24 @@ mod tests {
         m.add_version(info(0.9), Promote::Always);
         let text = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<Manifest>(&text).unwrap(), m);
+    }
+
+    /// Manifests written before kinds existed still parse, their versions dense; a version
+    /// may be of another kind than the one before it.
+    #[test]
+    fn versions_record_their_kind_and_default_to_dense() {
+        let old = r#"{"model": "m", "current": 1, "latest": 1, "versions": {"1":
+            {"object": "m/a", "sha256": "00", "size": 3, "created": "2026-01-01T00:00:00Z"}}}"#;
+        let mut m: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!(m.versions[&1].kind, "dense");
+        let onnx = VersionInfo {
+            kind: "onnx".into(),
+            ..m.versions[&1].clone()
+        };
+        m.add_version(onnx, Promote::Always);
+        let text = serde_json::to_string(&m).unwrap();
+        let back: Manifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.versions[&2].kind, "onnx");
+        assert!(text.contains(r#""kind":"onnx""#), "{text}");
     }
 }

@@ -13,17 +13,16 @@ use std::time::Instant;
 
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
-use ndarray::Array2;
 use tokio::sync::oneshot;
 
 use crate::batch::{self, Batch, Entry};
 use crate::live::{Live, Slot, Target, Version};
 use crate::worker::Shared;
-use flotilla_model::Label;
+use flotilla_model::{ComputeError, Computed, DataRef, Label};
 use flotilla_proto::headers::WORKER_HEADER;
 use flotilla_proto::{
-    error_reply, reply_headers, Encoding, ErrorKind, MatrixRef, PredictReply, PredictRequest,
-    ServiceError, YPred,
+    error_reply, reply_headers, Encoding, ErrorKind, OutputsRef, PredictReply, PredictRequest,
+    ServiceError, ValuesRef, YPred,
 };
 
 /// An admitted request waiting for its batch.
@@ -149,8 +148,8 @@ async fn batch_loop(shared: Shared, slot: Arc<Slot>, mut batcher: batch::Batcher
     }
 }
 
-/// Runs one batch on the calling (compute) thread: each version's share of it in one forward
-/// pass, fanned out over `pool` when large. Encodes every caller's reply.
+/// Runs one batch on the calling (compute) thread: each version's share of it in one pass,
+/// fanned out over `pool` when large. Encodes every caller's reply.
 fn compute(
     live: &Live,
     entries: Vec<Entry<Job>>,
@@ -164,7 +163,7 @@ fn compute(
         // A swap between admission and now can retire a pinned version or change what a
         // request must look like: such requests are refused alone.
         let resolved = live.resolve(entry.item.target, &slot.name).and_then(|v| {
-            crate::read::check_features(&entry.item.request, &v.served.model, &slot.name)
+            crate::inputs::check(&entry.item.request, &v.served.model, &slot.name)
                 .map(|()| v.clone())
         });
         match resolved {
@@ -183,24 +182,32 @@ fn compute(
     }
     let mut rows_total = 0;
     for (version, group) in groups.into_values() {
-        let model = &version.served.model;
-        let rows: usize = group.iter().map(|e| e.rows).sum();
-        rows_total += rows;
-        let mut values = Vec::with_capacity(rows * model.inputs());
-        for entry in &group {
-            values.extend_from_slice(&entry.item.request.inputs.values);
-        }
-        let x = Array2::from_shape_vec((rows, model.inputs()), values)
-            .expect("every request was checked against the model's inputs");
-        let y = model.forward_on(pool, x.view());
-        let y = y.as_standard_layout();
-        let all = y.as_slice().expect("standard layout");
-        let outputs = model.outputs();
-        let mut offset = 0;
-        for entry in group {
-            let block = &all[offset * outputs..(offset + entry.rows) * outputs];
-            offset += entry.rows;
-            replies.push(encode_reply(&version, entry.item, block, entry.arrived));
+        rows_total += group.iter().map(|e| e.rows).sum::<usize>();
+        match run(&version, &group, pool) {
+            Ok(computed) => {
+                let mut offset = 0;
+                for entry in group {
+                    let rows = entry.rows;
+                    replies.push(encode_reply(&version, entry, &computed, offset));
+                    offset += rows;
+                }
+            }
+            // One request the model cannot compute must not fail the others: each is
+            // computed alone, and only those that fail again get the error.
+            Err(_) if group.len() > 1 => {
+                for entry in group {
+                    let alone = run(&version, std::slice::from_ref(&entry), pool);
+                    replies.push(match alone {
+                        Ok(computed) => encode_reply(&version, entry, &computed, 0),
+                        Err(err) => failed(&version, entry, &err),
+                    });
+                }
+            }
+            Err(err) => {
+                for entry in group {
+                    replies.push(failed(&version, entry, &err));
+                }
+            }
         }
     }
     if rows_total > 0 {
@@ -210,44 +217,92 @@ fn compute(
     replies
 }
 
-fn encode_reply(version: &Arc<Version>, job: Job, block: &[f64], received: Instant) -> Outgoing {
+/// The requests' inputs concatenated row-wise and run through `version`'s model.
+fn run(
+    version: &Version,
+    group: &[Entry<Job>],
+    pool: &rayon::ThreadPool,
+) -> Result<Computed, ComputeError> {
+    let model = &version.served.model;
+    let rows = group.iter().map(|e| e.rows).sum();
+    let requests: Vec<&PredictRequest> = group.iter().map(|e| &e.item.request).collect();
+    model.compute_on(pool, crate::inputs::assemble(model, &requests, rows))
+}
+
+fn failed(version: &Arc<Version>, entry: Entry<Job>, err: &ComputeError) -> Outgoing {
     let served = &version.served;
-    let model = &served.model;
-    let outputs = model.outputs();
-    if let Some(i) = block.iter().position(|v| !v.is_finite()) {
+    let err = ServiceError::internal(format!(
+        "model {:?} version {} could not compute this request: {err}",
+        served.name, served.version
+    ));
+    let mut out = Outgoing::error(entry.item.reply, entry.item.encoding, &err, entry.arrived);
+    out.version = Some(version.clone());
+    out
+}
+
+fn values(data: DataRef<'_>) -> ValuesRef<'_> {
+    match data {
+        DataRef::F32(v) => ValuesRef::F32(v),
+        DataRef::F64(v) => ValuesRef::F64(v),
+        DataRef::I64(v) => ValuesRef::I64(v),
+        DataRef::String(v) => ValuesRef::Text(v),
+    }
+}
+
+/// The reply to one request: its rows `offset..offset + entry.rows` of the batch's results.
+fn encode_reply(
+    version: &Arc<Version>,
+    entry: Entry<Job>,
+    computed: &Computed,
+    offset: usize,
+) -> Outgoing {
+    let (job, received, rows) = (entry.item, entry.arrived, entry.rows);
+    let served = &version.served;
+    let outputs = &computed.outputs;
+    let block = outputs.rows_slice(offset, offset + rows);
+    if let Some(i) = block.first_non_finite() {
         let err = ServiceError::internal(format!(
             "model {:?} version {} produced a non-finite output at row {} (inputs out of the range it was trained on?)",
             served.name,
             served.version,
-            i / outputs
+            i / outputs.row_len().max(1)
         ));
         let mut out = Outgoing::error(job.reply, job.encoding, &err, received);
         out.version = Some(version.clone());
         return out;
     }
-    let labels: Option<Vec<Label>> = model.is_classifier().then(|| {
-        block
-            .chunks(outputs)
-            .filter_map(|row| model.label(row))
-            .collect()
+    let binary = job.request.reply_form();
+    let labels = computed.labels.as_ref().map(|l| &l[offset..offset + rows]);
+    let y_pred = job.request.single.then(|| YPred {
+        values: values(block),
+        row_shape: &outputs.row_shape,
     });
-    let y_pred = job.request.single.then(|| {
-        if outputs == 1 {
-            YPred::Scalar(block[0])
-        } else {
-            YPred::Row(&block[..outputs])
-        }
-    });
-    let body = PredictReply {
-        outputs: MatrixRef {
-            values: block,
-            cols: outputs,
+    let extras = computed
+        .extras
+        .iter()
+        .map(|(name, t)| {
+            let part = OutputsRef {
+                values: values(t.rows_slice(offset, offset + rows)),
+                rows,
+                row_shape: &t.row_shape,
+                binary,
+            };
+            (name.as_str(), part)
+        })
+        .collect();
+    let body = PredictReply::<Label> {
+        outputs: OutputsRef {
+            values: values(block),
+            rows,
+            row_shape: &outputs.row_shape,
+            binary,
         },
-        labels: labels.as_deref(),
+        labels,
         model: &served.name,
         version: served.version,
         id: job.request.id.as_deref(),
         y_pred,
+        extras,
     };
     match job.encoding.encode(&body) {
         Ok(payload) => Outgoing {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use ed25519_dalek::VerifyingKey;
-use flotilla_model::Model;
+use flotilla_model::{Kind, Model};
 use flotilla_registry::{parse_manifest, Manifest, Registry, RegistryError};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -69,6 +69,14 @@ impl Loader {
         let (registry, trusted, name) =
             (self.registry.clone(), self.trusted.clone(), model.clone());
         let object = info.object.clone();
+        let kind = Kind::parse(&info.kind).ok_or_else(|| RegistryError::Invalid {
+            model: model.clone(),
+            version,
+            message: format!(
+                "the manifest says it is a {:?} model, which this worker cannot serve",
+                info.kind
+            ),
+        })?;
         let bytes =
             tokio::spawn(async move { registry.load(&name, version, &info, &trusted).await })
                 .await
@@ -85,9 +93,10 @@ impl Loader {
         // and allocator path, so no caller pays for it) are CPU work: off the runtime.
         let built = tokio::task::spawn_blocking(move || {
             std::panic::catch_unwind(AssertUnwindSafe(|| {
-                let model = Model::from_bytes(&bytes).map_err(|e| e.to_string())?;
-                let zeros = ndarray::Array2::zeros((1, model.inputs()));
-                model.forward(zeros.view());
+                let model = Model::from_kind_bytes(kind, &bytes).map_err(|e| e.to_string())?;
+                model
+                    .warm_up()
+                    .map_err(|e| format!("its warm-up pass failed: {e}"))?;
                 Ok::<_, String>(model)
             }))
             .unwrap_or_else(|panic| Err(format!("building it panicked: {}", panic_text(&*panic))))

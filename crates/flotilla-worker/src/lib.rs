@@ -11,6 +11,7 @@
 //! # Layout
 //! - [`worker`]: [`run`], the set of served models, start-up and drain.
 //! - `read`: the read loop: decode, check, admit or refuse at once.
+//! - `inputs`: a request's inputs against the model's signature, and a batch's concatenation.
 //! - [`batch`]: the row-bounded queue (a handle) and the batching state (plain code).
 //! - `compute`: the batch loop, the compute thread, encoding and publishing replies.
 //! - `live`: the versions served for a model, the canary, metric handles per version.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod discovery;
 mod follow;
 pub mod health;
+mod inputs;
 mod live;
 pub mod metrics;
 mod read;

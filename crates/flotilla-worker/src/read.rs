@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use async_nats::{HeaderMap, Subject};
-use flotilla_model::Model;
 use flotilla_proto::headers::malformed_headers;
 use flotilla_proto::{
     error_encoding, Encoding, ErrorKind, PredictRequest, RequestOptions, ServiceError,
@@ -149,7 +148,7 @@ fn enqueue(
         check(settings, slot, headers, encoding, &message.payload, draw)
             .map_err(|err| (error_encoding(encoding, &message.payload), err))?;
     let entry = Entry {
-        rows: request.inputs.rows,
+        rows: request.rows(),
         arrived: received,
         deadline: options
             .timeout_ms
@@ -195,7 +194,7 @@ fn check(
     let live = slot.live.load();
     let target = live.draw(options.version, draw);
     let version = live.resolve(target, &slot.name)?;
-    check_features(&request, &version.served.model, &slot.name)?;
+    crate::inputs::check(&request, &version.served.model, &slot.name)?;
     if options.timeout_ms == Some(0) {
         return Err(ServiceError::new(
             ErrorKind::DeadlineExceeded,
@@ -203,22 +202,6 @@ fn check(
         ));
     }
     Ok((request, options, target))
-}
-
-pub(crate) fn check_features(
-    request: &PredictRequest,
-    model: &Model,
-    name: &str,
-) -> Result<(), ServiceError> {
-    let features = request.inputs.features;
-    if features != model.inputs() {
-        let field = if request.single { "x" } else { "inputs" };
-        return Err(ServiceError::bad_request(format!(
-            "{field} has {features} features per row; model {name:?} expects {}",
-            model.inputs()
-        )));
-    }
-    Ok(())
 }
 
 /// Bytes of request bodies waiting for (or in) decoding on the compute pool, bounded.

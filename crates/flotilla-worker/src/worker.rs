@@ -318,7 +318,7 @@ fn endpoint(
     queue_group: &str,
     queue: &batch::Queue<Job>,
 ) -> Endpoint {
-    let (data_slot, depth) = (slot.clone(), queue.depth());
+    let (data_slot, meta_slot, depth) = (slot.clone(), slot.clone(), queue.depth());
     Endpoint {
         name: slot.name.clone(),
         subject: subject.to_owned(),
@@ -337,5 +337,45 @@ fn endpoint(
                 "max_queue_rows": depth.max_queue_rows(),
             })
         }),
+        metadata: Arc::new(move || {
+            let live = meta_slot.live.load();
+            let current = &live.current.served;
+            metadata(&meta_slot.name, current.version, &current.model)
+        }),
     }
+}
+
+/// What a gateway or a tool needs to describe a model without calling it (PROTOCOL v1.1,
+/// discovery metadata). Values are strings, since ADR-32 clients read metadata as a string
+/// map: shapes are JSON arrays with `-1` for the batch dimension, `inputs` and `outputs`
+/// JSON lists of `{name, shape, dtype}`; `input_shape`, `output_shape` and `dtype` describe
+/// the first input and `outputs` for tools that expect one of each.
+pub(crate) fn metadata(
+    name: &str,
+    version: u64,
+    model: &flotilla_model::Model,
+) -> serde_json::Value {
+    let signature = model.signature();
+    let spec = |s: &flotilla_model::TensorSpec| serde_json::json!({"name": s.name, "shape": s.batch_shape(), "dtype": s.dtype});
+    let inputs: Vec<_> = signature.inputs.iter().map(spec).collect();
+    let outputs: Vec<_> = std::iter::once(&signature.output)
+        .chain(&signature.labels)
+        .map(spec)
+        .collect();
+    let first = &signature.inputs[0];
+    fn text(v: &impl serde::Serialize) -> String {
+        serde_json::to_string(v).expect("shapes and specs encode")
+    }
+    serde_json::json!({
+        "model": name,
+        "kind": model.kind().as_str(),
+        "version": version.to_string(),
+        "input_shape": text(&first.batch_shape()),
+        "output_shape": text(&signature.output.batch_shape()),
+        "dtype": first.dtype.as_str(),
+        "output_dtype": signature.output.dtype.as_str(),
+        "classifier": model.is_classifier().to_string(),
+        "inputs": text(&inputs),
+        "outputs": text(&outputs),
+    })
 }

@@ -166,6 +166,7 @@ mod tests {
 
     fn info() -> VersionInfo {
         VersionInfo {
+            kind: "dense".into(),
             object: "iris/x".into(),
             sha256: "ab".repeat(32),
             size: 10,

@@ -105,6 +105,8 @@ struct VersionOutput {
     version: u64,
     /// `current`, `canary`, `previous` (the rollback target), or null.
     state: Option<VersionState>,
+    /// `dense`, `onnx` or `text-embedding`: how a worker builds it.
+    kind: String,
     sha256: String,
     size: u64,
     /// Hex public key the manifest says signed the version; null when unsigned.
@@ -135,6 +137,7 @@ pub(super) async fn show(args: NamedArgs) -> anyhow::Result<()> {
             .map(|(&version, info)| VersionOutput {
                 version,
                 state: state(&m, rollback_to, version),
+                kind: info.kind.clone(),
                 sha256: info.sha256.clone(),
                 size: info.size,
                 signer: info.signer.clone(),
@@ -159,6 +162,7 @@ pub(super) async fn show(args: NamedArgs) -> anyhow::Result<()> {
     let mut table = Table::new([
         "VERSION",
         "STATE",
+        "KIND",
         "SHA256",
         "SIZE",
         "SIGNED BY",
@@ -169,6 +173,7 @@ pub(super) async fn show(args: NamedArgs) -> anyhow::Result<()> {
         table.row([
             v.version.to_string(),
             state_text(v.state, output.canary),
+            v.kind.clone(),
             short(&v.sha256).to_owned(),
             size_text(v.size),
             match (&v.signer, v.signature_valid) {

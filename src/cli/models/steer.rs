@@ -8,6 +8,8 @@ use serde::Serialize;
 use super::format::*;
 use std::process::ExitCode;
 
+use flotilla_model::Kind;
+
 use super::*;
 
 // ---- publish -------------------------------------------------------------------------
@@ -32,13 +34,18 @@ pub(super) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(signing::read_signing_key)
         .transpose()?;
-    // Refuse what no worker could load, before touching the registry.
-    let checked = flotilla_model::publishable(&artifact)
-        .with_context(|| format!("publishing model {:?}", args.model))?;
+    // Refuse what no worker could load, before touching the registry. Building a model is
+    // CPU work (an ONNX plan is optimised): off the runtime.
+    let kind = Kind::of_path(&args.file).unwrap_or(Kind::Dense);
+    let checked =
+        tokio::task::spawn_blocking(move || flotilla_model::publishable_kind(kind, &artifact))
+            .await?
+            .with_context(|| format!("publishing model {:?}", args.model))?;
     let registry = args.common.registry().await?;
     let published = registry
-        .publish(
+        .publish_kind(
             &args.model,
+            kind.as_str(),
             &checked.bytes,
             checked.metrics,
             key.as_ref(),
@@ -61,7 +68,7 @@ pub(super) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .as_deref()
         .map_or("unsigned".into(), |s| format!("signed by {}", short(s)));
     println!(
-        "{}: published version {} (sha256 {}, {signed})",
+        "{}: published version {} ({kind}, sha256 {}, {signed})",
         output.model,
         output.version,
         short(&output.sha256),

@@ -9,7 +9,10 @@ use rayon::prelude::*;
 
 pub use artifact::{Artifact, ArtifactEncoding, LayerSpec, Scaler, FORMAT_V1};
 
-use crate::{invalid, Backend, Kind, Label, ModelError, ROWS_PER_TASK};
+use crate::{
+    invalid, Backend, ComputeError, Computed, DType, Data, Kind, Label, ModelError, Signature,
+    Tensor, TensorSpec, ROWS_PER_TASK,
+};
 
 /// The five activations of the format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +89,9 @@ pub struct Layer {
 pub struct Dense {
     inputs: usize,
     outputs: usize,
+    /// One f64 input `input` of `inputs` values, one f64 output `output`, and `label` for
+    /// classifiers (the names the KServe mapping gives dense models).
+    signature: Signature,
     /// `(mean, std)`, both of length `inputs`, every `std` > 0.
     scaler: Option<(Array1<f64>, Array1<f64>)>,
     layers: Vec<Layer>,
@@ -228,9 +234,22 @@ impl Dense {
                 return Err(invalid("metadata", "must be a map"));
             }
         }
+        let last = layers.last().expect("at least one layer").activation;
+        let classifier = matches!(last, Activation::Sigmoid | Activation::Softmax);
+        let label_dtype = match &artifact.labels {
+            Some(labels) if labels.iter().all(|l| matches!(l, Label::Index(_))) => DType::I64,
+            Some(_) => DType::String,
+            None => DType::I64,
+        };
+        let signature = Signature {
+            inputs: vec![TensorSpec::new("input", vec![artifact.inputs], DType::F64)],
+            output: TensorSpec::new("output", vec![artifact.outputs], DType::F64),
+            labels: classifier.then(|| TensorSpec::new("label", vec![], label_dtype)),
+        };
         Ok(Dense {
             inputs: artifact.inputs,
             outputs: artifact.outputs,
+            signature,
             scaler,
             labels: artifact.labels.clone(),
             layers,
@@ -255,29 +274,15 @@ impl Dense {
     }
 }
 
-impl Backend for Dense {
-    fn kind(&self) -> Kind {
-        Kind::Dense
+impl Dense {
+    /// Whether outputs are class probabilities: the last layer is sigmoid or softmax.
+    pub fn is_classifier(&self) -> bool {
+        self.signature.labels.is_some()
     }
 
-    fn inputs(&self) -> usize {
-        self.inputs
-    }
-
-    fn outputs(&self) -> usize {
-        self.outputs
-    }
-
-    /// A model whose last layer is sigmoid or softmax is a classifier.
-    fn is_classifier(&self) -> bool {
-        matches!(
-            self.layers.last().map(|l| l.activation),
-            Some(Activation::Sigmoid | Activation::Softmax)
-        )
-    }
-
-    /// Batches larger than [`ROWS_PER_TASK`] are split by rows across the current rayon pool.
-    fn forward(&self, x: ArrayView2<f64>) -> Array2<f64> {
+    /// `rows x inputs` to `rows x outputs`. Batches larger than [`ROWS_PER_TASK`] are split
+    /// by rows across the current rayon pool.
+    pub fn forward(&self, x: ArrayView2<f64>) -> Array2<f64> {
         let rows = x.nrows();
         if rows <= ROWS_PER_TASK {
             return self.forward_chunk(x);
@@ -298,6 +303,48 @@ impl Backend for Dense {
             .collect();
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
         ndarray::concatenate(Axis(0), &views).expect("all parts have `outputs` columns")
+    }
+}
+
+impl Backend for Dense {
+    fn kind(&self) -> Kind {
+        Kind::Dense
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// The f64 rows are moved into the matrix the forward pass reads, not copied.
+    fn compute(&self, mut inputs: Vec<Tensor>) -> Result<Computed, ComputeError> {
+        let input = inputs.pop().filter(|_| inputs.is_empty()).ok_or_else(|| {
+            ComputeError::Mismatch("a dense model takes exactly one input".into())
+        })?;
+        let Data::F64(values) = input.data else {
+            return Err(ComputeError::Mismatch(format!(
+                "a dense model takes f64 values, not {}",
+                input.data.dtype()
+            )));
+        };
+        let x = Array2::from_shape_vec((input.rows, self.inputs), values)
+            .map_err(|e| ComputeError::Mismatch(e.to_string()))?;
+        let y = self.forward(x.view());
+        let labels = self.is_classifier().then(|| {
+            y.rows()
+                .into_iter()
+                .filter_map(|row| self.label(row.as_slice().expect("standard layout")))
+                .collect()
+        });
+        let values = if y.is_standard_layout() {
+            y.into_raw_vec_and_offset().0
+        } else {
+            y.iter().copied().collect()
+        };
+        Ok(Computed {
+            outputs: Tensor::new(input.rows, vec![self.outputs], Data::F64(values)),
+            labels,
+            extras: Vec::new(),
+        })
     }
 
     fn label(&self, output: &[f64]) -> Option<Label> {
@@ -321,7 +368,7 @@ impl Backend for Dense {
         };
         Some(match &self.labels {
             Some(labels) => labels[class].clone(),
-            None => Label::Index(class as u64),
+            None => Label::Index(class as i64),
         })
     }
 }
