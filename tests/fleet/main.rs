@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod discovery;
 mod errors;
+mod gateway;
 mod load;
 mod models_cli;
 mod predict;
