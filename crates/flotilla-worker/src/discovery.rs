@@ -50,6 +50,9 @@ pub struct Endpoint {
     pub stats: Arc<EndpointStats>,
     /// The endpoint's `data` in STATS replies: always a JSON object.
     pub data: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// The endpoint's `metadata` in INFO replies: a JSON object of strings (ADR-32 metadata
+    /// is a string map), describing the model as served now.
+    pub metadata: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
 }
 
 #[derive(Serialize)]
@@ -144,7 +147,7 @@ async fn answer(
                         name: &e.name,
                         subject: &e.subject,
                         queue_group: &e.queue_group,
-                        metadata: json!({"model": e.name}),
+                        metadata: (e.metadata)(),
                     })
                     .collect();
                 fields.insert("endpoints".into(), json!(infos));

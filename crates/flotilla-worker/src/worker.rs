@@ -310,7 +310,7 @@ fn endpoint(
     queue_group: &str,
     queue: &batch::Queue<Job>,
 ) -> Endpoint {
-    let (data_slot, depth) = (slot.clone(), queue.depth());
+    let (data_slot, meta_slot, depth) = (slot.clone(), slot.clone(), queue.depth());
     Endpoint {
         name: slot.name.clone(),
         subject: subject.to_owned(),
@@ -327,6 +327,22 @@ fn endpoint(
                 "outputs": current.model.outputs(),
                 "queue_rows": depth.queued_rows(),
                 "max_queue_rows": depth.max_queue_rows(),
+            })
+        }),
+        // What a gateway or a tool needs to describe the model without calling it; strings
+        // only, since ADR-32 clients read metadata as a string map.
+        metadata: Arc::new(move || {
+            let live = meta_slot.live.load();
+            let current = &live.current.served;
+            let model = &current.model;
+            serde_json::json!({
+                "model": meta_slot.name,
+                "kind": model.kind().as_str(),
+                "version": current.version.to_string(),
+                "inputs": format!("[-1, {}]", model.inputs()),
+                "outputs": format!("[-1, {}]", model.outputs()),
+                "dtype": "f64",
+                "classifier": model.is_classifier().to_string(),
             })
         }),
     }
