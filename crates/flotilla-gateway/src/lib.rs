@@ -51,9 +51,10 @@ pub use metrics::Metrics;
 use fleet::{Fleet, FleetSettings};
 use upstream::Upstream;
 
-/// What every handler shares. Cheap to clone.
-#[derive(Clone)]
-struct App {
+/// What every handler shares, behind one `Arc`: axum clones the state for every request.
+type App = Arc<Shared>;
+
+struct Shared {
     config: Arc<GatewayConfig>,
     upstream: Upstream,
     fleet: Fleet,
@@ -95,13 +96,13 @@ pub async fn serve(
         stop_fleet,
     );
     let limit = Duration::from_secs(config.shutdown_timeout_secs);
-    let app = App {
+    let app = Arc::new(Shared {
         upstream: Upstream::new(nats.clone(), config.subject_prefix.clone(), fleet.clone()),
         config: Arc::new(config),
         fleet,
         nats,
         shutdown: shutdown.clone(),
-    };
+    });
     let router = router(app, tokens, metrics);
     let stopped = shutdown.clone().cancelled_owned();
     let server = async {

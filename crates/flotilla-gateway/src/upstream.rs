@@ -42,11 +42,15 @@ pub struct Upstream {
     nats: async_nats::Client,
     prefix: String,
     fleet: Fleet,
+    /// The server's `max_payload` when the gateway connected (reading it per request clones
+    /// the whole server info). async-nats checks it again on publish.
+    max_payload: usize,
 }
 
 impl Upstream {
     pub fn new(nats: async_nats::Client, prefix: String, fleet: Fleet) -> Upstream {
         Upstream {
+            max_payload: nats.server_info().max_payload,
             nats,
             prefix,
             fleet,
@@ -61,7 +65,7 @@ impl Upstream {
                 "the gateway is not connected to NATS right now; retry shortly",
             ));
         }
-        let max_payload = self.nats.server_info().max_payload;
+        let max_payload = self.max_payload;
         if max_payload > 0 && call.body.len() > max_payload {
             return Err(ApiError::new(
                 ErrorKind::TooLarge,
@@ -130,19 +134,19 @@ impl Upstream {
             K::TimedOut => ApiError::new(
                 ErrorKind::Timeout,
                 format!(
-                    "model {model:?} did not answer within {} ms",
+                    "model \"{model}\" did not answer within {} ms",
                     budget.as_millis()
                 ),
             ),
             // "No responders": no worker subscribes to the model's subject right now.
             K::NoResponders => match self.fleet.presence(model).await {
                 Presence::Unknown => {
-                    ApiError::not_found(format!("no model named {model:?} is served by the fleet"))
+                    ApiError::not_found(format!("no model named \"{model}\" is served by the fleet"))
                 }
                 Presence::Known | Presence::Served(_) => ApiError::new(
                     ErrorKind::NoWorker,
                     format!(
-                        "model {model:?} is known but no worker serves it right now; retry shortly"
+                        "model \"{model}\" is known but no worker serves it right now; retry shortly"
                     ),
                 ),
             },

@@ -226,7 +226,7 @@ async fn unknown_models_are_404_and_known_ones_without_a_worker_503() {
     assert!(answer.json()["error"]["message"]
         .as_str()
         .unwrap()
-        .contains("\"nope\""));
+        .contains("no model named \"nope\" is"));
     let answer = post_json(&gateway.at("/models/a.%3E/predict"), &body).await;
     assert_eq!(
         answer.status, 404,
@@ -326,4 +326,22 @@ async fn replies_come_back_on_the_configured_inbox_prefix() {
     assert_eq!(answer.status, 200);
     let inbox = inboxes.recv().await.unwrap().unwrap();
     assert!(inbox.starts_with("_INBOX_gw."), "{inbox}");
+}
+
+#[tokio::test]
+async fn a_request_larger_than_nats_carries_is_413() {
+    let server = server();
+    let _worker = fleet(&server).await;
+    let mut cfg = gateway_config(&server);
+    cfg.max_body_bytes = 4 << 20;
+    let gateway = Gateway::start(cfg).await;
+    // Over nats-server's default max_payload (1 MiB), under the gateway's own limit.
+    let big = json!({"inputs": vec![IRIS_ROW; 70_000]});
+    let answer = post_json(&gateway.at("/models/iris/predict"), &big).await;
+    assert_eq!(answer.status, 413, "{:?}", answer.body);
+    let message = answer.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("carries at most"), "{message}");
 }

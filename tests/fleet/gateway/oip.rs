@@ -86,7 +86,9 @@ async fn health_server_metadata_and_model_metadata() {
     );
 
     let unknown = get(&gateway.at("/v2/models/nope")).await;
-    assert!(unknown.oip_error(404).contains("\"nope\""));
+    assert!(unknown
+        .oip_error(404)
+        .contains("no model named \"nope\" is"));
     let version = get(&gateway.at("/v2/models/iris/versions/7")).await;
     assert!(version.oip_error(404).contains("no version 7"));
     let version = get(&gateway.at("/v2/models/iris/versions/latest")).await;

@@ -42,7 +42,7 @@ impl ModelPath {
             None => None,
             Some(v) => Some(v.parse::<u64>().map_err(|_| {
                 ApiError::not_found(format!(
-                    "model {model:?} has no version {v:?} (versions are integers)"
+                    "model \"{model}\" has no version {v:?} (versions are integers)"
                 ))
             })?),
         };
@@ -86,12 +86,12 @@ async fn served(app: &App, model: &ModelName, version: Option<u64>) -> Result<Mo
         Presence::Known => {
             return Err(ApiError::new(
                 ErrorKind::NoWorker,
-                format!("model {model:?} is known but no worker serves it right now"),
+                format!("model \"{model}\" is known but no worker serves it right now"),
             ))
         }
         Presence::Unknown => {
             return Err(ApiError::not_found(format!(
-                "no model named {model:?} is served by the fleet"
+                "no model named \"{model}\" is served by the fleet"
             )))
         }
     };
@@ -99,7 +99,7 @@ async fn served(app: &App, model: &ModelName, version: Option<u64>) -> Result<Mo
         if !info.versions.contains(&v) {
             let held: Vec<String> = info.versions.iter().map(u64::to_string).collect();
             return Err(ApiError::not_found(format!(
-                "model {model:?} has no version {v} (the fleet holds: {})",
+                "model \"{model}\" has no version {v} (the fleet holds: {})",
                 held.join(", ")
             )));
         }
@@ -219,7 +219,7 @@ pub async fn infer(
         .find(|(name, _)| name != OUTPUT && name != LABEL)
     {
         return Err(ApiError::bad_request(format!(
-            "model {model:?} has no output named {:?}; its outputs are {OUTPUT:?} and, for classifiers, {LABEL:?}",
+            "model \"{model}\" has no output named {:?}; its outputs are {OUTPUT:?} and, for classifiers, {LABEL:?}",
             unknown.0
         ))
         .into());
@@ -245,7 +245,7 @@ pub async fn infer(
             .map(|(name, binary)| {
                 let tensor = tensors.iter().find(|t| &t.name == name).ok_or_else(|| {
                     ApiError::bad_request(format!(
-                        "model {model:?} has no output {name:?}: it is not a classifier"
+                        "model \"{model}\" has no output {name:?}: it is not a classifier"
                     ))
                 })?;
                 Ok((tensor, *binary))
