@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod gateway;
 mod load;
 mod models;
 mod predict;
@@ -52,6 +53,9 @@ pub enum Command {
     Train(Box<train::TrainArgs>),
     /// Inspect and steer the model registry: list, show, history, publish, promote, rollback, canary, keygen.
     Models(models::ModelsArgs),
+    /// Serve HTTP in front of the fleet: the classic /predict, the NATS body over HTTP, and
+    /// the Open Inference Protocol (KServe V2).
+    Gateway(gateway::GatewayArgs),
 }
 
 /// How to reach NATS, and the settings file; shared by every subcommand but `train`, whose
@@ -154,7 +158,7 @@ pub fn worker_settings(
         std::env::vars(),
         "FLOTILLA_",
         &["nats", "registry"],
-        &["TRAIN_"],
+        &["TRAIN_", "GATEWAY_"],
     ));
     layers.extend(flags);
     let (config, applied) = settings::load::<WorkerConfig>(layers)?;
@@ -196,7 +200,9 @@ pub fn promote_parser() -> impl clap::builder::TypedValueParser<Value = flotilla
 /// default, one-shot ones only warnings; `RUST_LOG` overrides both.
 pub fn init_tracing(args: &Args) {
     let default = match args.command {
-        Command::Worker(_) | Command::Demo(_) | Command::Train(_) => "info,async_nats=warn",
+        Command::Worker(_) | Command::Demo(_) | Command::Train(_) | Command::Gateway(_) => {
+            "info,async_nats=warn"
+        }
         Command::Predict(_) | Command::Bench(_) | Command::Models(_) => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -219,6 +225,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Demo(a) => demo::run(a, shutdown_on_signal()).await,
         Command::Train(a) => train::run(*a).await,
         Command::Models(a) => models::run(a).await,
+        Command::Gateway(a) => gateway::run(a, shutdown_on_signal()).await,
     }
 }
 

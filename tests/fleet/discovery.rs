@@ -72,6 +72,20 @@ async fn workers_register_with_the_services_api() {
                 let name = e["name"].as_str().unwrap();
                 assert_eq!(e["subject"], format!("flotilla.predict.{name}"));
                 assert_eq!(e["queue_group"], "flotilla");
+                let metadata = e["metadata"].as_object().unwrap();
+                assert!(metadata.values().all(|v| v.is_string()), "{metadata:?}");
+                let (inputs, classifier) = match name {
+                    "iris" => ("[-1,4]", "true"),
+                    _ => ("[-1,10]", "false"),
+                };
+                assert_eq!(e["metadata"]["model"], name);
+                assert_eq!(e["metadata"]["kind"], "dense");
+                assert_eq!(e["metadata"]["version"], "1");
+                assert_eq!(e["metadata"]["input_shape"], inputs);
+                let specs: Value =
+                    serde_json::from_str(e["metadata"]["inputs"].as_str().unwrap()).unwrap();
+                assert_eq!(specs[0]["shape"].to_string(), inputs);
+                assert_eq!(e["metadata"]["classifier"], classifier);
             }
             endpoints.len()
         })

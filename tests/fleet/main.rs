@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod discovery;
 mod errors;
+mod gateway;
 mod hostile;
 mod load;
 mod models_cli;

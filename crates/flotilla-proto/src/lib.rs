@@ -15,12 +15,14 @@
 //! - [`error`]: [`ErrorKind`] (one code each), [`ServiceError`], error replies.
 //! - [`client`]: [`Client`], a typed caller of `flotilla.predict.<model>`.
 //! - [`connect`]: [`NatsConfig`], the `[nats]` settings, and connecting with them.
+//! - [`http`]: names of the HTTP mapping (the Open Inference Protocol header, tensor names).
 
 pub mod client;
 pub mod connect;
 pub mod encoding;
 pub mod error;
 pub mod headers;
+pub mod http;
 pub mod name;
 pub mod reply;
 pub mod request;
