@@ -37,6 +37,10 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ),
     ("flotilla-worker", &["clap", "plotters", "indicatif"]),
     ("flotilla-train", &["async-nats", "tokio", "clap"]),
+    (
+        "flotilla-gateway",
+        &["clap", "plotters", "indicatif", "rayon", "ndarray", "flotilla-model", "tract-onnx"],
+    ),
 ];
 
 fn dependencies(krate: &str) -> Vec<String> {
