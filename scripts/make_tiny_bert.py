@@ -179,6 +179,11 @@ def build_model(vocab_size: int) -> tuple[BertConfig, dict[str, torch.Tensor]]:
     # The names HF's BertModel (and so sentence-transformers) uses: no "bert." prefix.
     tensors = {k: v.detach().to(torch.float32).contiguous().clone()
                for k, v in model.state_dict().items()}
+    # The real MiniLM checkpoint (saved by an older transformers) also holds this int64 buffer,
+    # [0, 1, ..., max_position_embeddings - 1]; ship it too so the Rust loader's handling of a
+    # non-f32 tensor is tested here.
+    tensors["embeddings.position_ids"] = torch.arange(config.max_position_embeddings,
+                                                      dtype=torch.int64).unsqueeze(0)
     return config, tensors
 
 
@@ -217,15 +222,29 @@ def write_dir(out: Path, config: BertConfig, tensors: dict, tokenizer: Tokenizer
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cfg = config.to_diff_dict()
-    for k in ("transformers_version", "dtype", "torch_dtype", "_name_or_path"):
-        cfg.pop(k, None)
-    cfg.update({"model_type": "bert", "architectures": ["BertModel"], "vocab_size": config.vocab_size,
-                "hidden_size": HIDDEN, "num_hidden_layers": 2, "num_attention_heads": 4,
-                "intermediate_size": 64, "max_position_embeddings": 64, "type_vocab_size": 2,
-                "hidden_act": "gelu", "layer_norm_eps": 1e-12, "pad_token_id": 0,
-                "position_embedding_type": "absolute"})
-    dump_json(out / "config.json", dict(sorted(cfg.items())))
+    # The same keys as all-MiniLM-L6-v2's config.json (less _name_or_path and
+    # transformers_version), so a parser written against one reads the other.
+    cfg = {
+        "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": config.attention_probs_dropout_prob,
+        "gradient_checkpointing": False,
+        "hidden_act": config.hidden_act,
+        "hidden_dropout_prob": config.hidden_dropout_prob,
+        "hidden_size": config.hidden_size,
+        "initializer_range": config.initializer_range,
+        "intermediate_size": config.intermediate_size,
+        "layer_norm_eps": config.layer_norm_eps,
+        "max_position_embeddings": config.max_position_embeddings,
+        "model_type": "bert",
+        "num_attention_heads": config.num_attention_heads,
+        "num_hidden_layers": config.num_hidden_layers,
+        "pad_token_id": config.pad_token_id,
+        "position_embedding_type": config.position_embedding_type,
+        "type_vocab_size": config.type_vocab_size,
+        "use_cache": True,
+        "vocab_size": config.vocab_size,
+    }
+    dump_json(out / "config.json", cfg)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "model.safetensors").chmod(0o644)  # save_file leaves it 0600
     tokenizer.save(str(out / "tokenizer.json"), pretty=False)
