@@ -18,7 +18,7 @@ The venv is made from scripts/requirements-bench.txt. Scenarios (each runs close
 
 Any scenario name of the form batchB or concurrentN works. torch.set_num_threads(--threads)
 (default 2, the machine's cores) bounds PyTorch's intra-op threads. Texts are short English
-sentences (8 to 14 tokens with [CLS]/[SEP]), picked round-robin.
+sentences (7 to 11 tokens with [CLS]/[SEP], 8.9 on average), picked round-robin.
 
 Each JSON line has: scenario, concurrency, batch, calls, texts, errors, seconds, texts_per_s,
 calls_per_s, p50_ms, p99_ms, mean_ms, max_ms, and the model, torch and sentence-transformers
