@@ -9,10 +9,13 @@
 //! # Layout
 //! - [`dense`]: the `flotilla.model.v1` artifact (dense layers with an optional scaler), its
 //!   validation and its forward pass on ndarray.
+//! - [`text`]: the `text-embedding` kind, BERT-family sentence encoders read from a
+//!   sentence-transformers directory ([`TextEncoder`]); not yet behind [`Backend`].
 //! - [`Label`]: a classifier's predicted label.
 //! - [`ModelError`]: why an artifact could not become a model; messages name the field.
 
 pub mod dense;
+pub mod text;
 
 use std::fmt;
 use std::path::Path;
@@ -21,6 +24,7 @@ use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 pub use dense::{Artifact, ArtifactEncoding, Dense, LayerSpec, Scaler, FORMAT_V1};
+pub use text::{Embeddings, TextEncoder};
 
 /// Why an artifact could not be turned into a model. Messages name the offending field.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,9 @@ pub enum ModelError {
     Decode(String),
     #[error("invalid model: {field}: {message}")]
     Invalid { field: String, message: String },
+    /// A text model's tokenizer refused a text (a property of the input, not the model).
+    #[error("tokenizing a text: {0}")]
+    Tokenize(String),
 }
 
 pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ModelError {
@@ -66,12 +73,15 @@ impl fmt::Display for Label {
 pub enum Kind {
     /// `flotilla.model.v1`: dense layers.
     Dense,
+    /// A sentence-transformers directory of a BERT-family encoder.
+    TextEmbedding,
 }
 
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Dense => "dense",
+            Kind::TextEmbedding => "text-embedding",
         }
     }
 }
