@@ -14,7 +14,10 @@
 //!   (the 6 layers' 24 projections over the batch's tokens): once through the encoder's threaded
 //!   GEMM, once as a plain single-threaded `general_mat_mul`.
 //!
-//! Every line carries `rss_mb` (resident memory with the model loaded) and the load average.
+//! Every line carries `rss_mb` (resident memory with the model loaded), `peak_rss_mb` (the
+//! high-water mark, reached while loading: the file's bytes and the arrays coexist) and the
+//! load average. `cpu_ms_per_call` (the process's CPU time per call) and `min_ms` move less than
+//! wall-clock figures when other tenants take the cores.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -105,6 +108,7 @@ fn main() {
         line["scenario"] = json!(scenario);
         line["threads"] = json!(args.threads);
         line["rss_mb"] = json!(round1(rss_mb("VmRSS")));
+        line["peak_rss_mb"] = json!(round1(rss_mb("VmHWM")));
         line["load1"] = json!(load_average());
         println!("{line}");
     }
@@ -128,6 +132,7 @@ fn closed_loop(
     let mut latencies = Vec::new();
     let mut j = 0;
     let mut tokens = 0usize;
+    let mut cpu_from = None;
     loop {
         let t = Instant::now();
         if t >= stop_at {
@@ -135,6 +140,9 @@ fn closed_loop(
         }
         let batch_texts = texts(j, batch);
         j += batch;
+        if t >= measure_from && cpu_from.is_none() {
+            cpu_from = Some(cpu_seconds());
+        }
         let out = encoder.encode(&batch_texts).expect("encode");
         if t >= measure_from {
             latencies.push(t.elapsed().as_secs_f64());
@@ -142,6 +150,7 @@ fn closed_loop(
         }
     }
     let elapsed = measure_from.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_from.unwrap_or(f64::NAN);
     latencies.sort_by(f64::total_cmp);
     let calls = latencies.len();
     json!({
@@ -150,10 +159,15 @@ fn closed_loop(
         "texts": calls * batch,
         "seconds": round3(elapsed),
         "texts_per_s": round1((calls * batch) as f64 / elapsed),
+        "min_ms": round3(percentile(&latencies, 0.0) * 1e3),
+        "p10_ms": round3(percentile(&latencies, 0.1) * 1e3),
         "p50_ms": round3(percentile(&latencies, 0.5) * 1e3),
         "p99_ms": round3(percentile(&latencies, 0.99) * 1e3),
         "mean_ms": round3(latencies.iter().sum::<f64>() / calls.max(1) as f64 * 1e3),
         "tokens_per_text": round3(tokens as f64 / (calls * batch).max(1) as f64),
+        // CPU time of the whole process per call: the work done, whatever the other tenants
+        // of the machine take (rayon threads spinning while idle count too).
+        "cpu_ms_per_call": round3(cpu / calls.max(1) as f64 * 1e3),
     })
 }
 
@@ -256,6 +270,23 @@ fn rss_mb(field: &str) -> f64 {
         })
         .and_then(|kb| kb.trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// User + system CPU time of this process so far, from `/proc/self/stat` (clock ticks of 10 ms).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // utime and stime are fields 14 and 15 of the line: the 12th and 13th after the ')'.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn load_average() -> f64 {
