@@ -390,3 +390,21 @@ fn a_broken_tokenizer_is_named() {
     std::fs::write(dir.path().join("tokenizer.json"), "{\"version\": \"1.0\"}").unwrap();
     assert_mentions(&load_err(dir.path()), &["tokenizer.json"]);
 }
+
+/// A worker shares one encoder between batches behind an `Arc` and encodes on a rayon pool.
+#[test]
+fn an_encoder_is_shared_across_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<TextEncoder>();
+    let encoder = std::sync::Arc::new(TextEncoder::load(&root().join("models/tiny-bert")).unwrap());
+    let expected = encoder.encode(&["hello world"]).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let encoder = encoder.clone();
+            std::thread::spawn(move || encoder.encode(&["hello world"]).unwrap())
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), expected);
+    }
+}

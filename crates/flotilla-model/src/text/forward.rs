@@ -28,6 +28,20 @@ const PARALLEL_ATTENTION_MACS: usize = 1 << 17;
 /// Elements above which GELU runs in parallel.
 const PARALLEL_ELEMENTS: usize = 1 << 15;
 
+/// The activations of one batch, allocated once and reused by every layer.
+struct Buffers {
+    /// The hidden states entering (and, after a layer, leaving) a layer: `[tokens, H]`.
+    x: Array2<f32>,
+    /// Queries, keys and values side by side: `[tokens, 3H]`.
+    qkv: Array2<f32>,
+    /// The attention context, heads side by side: `[tokens, H]`.
+    ctx: Array2<f32>,
+    /// Where a sub-layer's output (plus residual) is built before it becomes `x`.
+    tmp: Array2<f32>,
+    /// The feed-forward activations: `[tokens, I]`.
+    inter: Array2<f32>,
+}
+
 /// The encoder: weights plus the few numbers the pass needs.
 #[derive(Debug)]
 pub struct Encoder {
@@ -79,18 +93,17 @@ impl Encoder {
     /// The last layer's token vectors, `[tokens, H]`, sequences end to end.
     pub fn hidden_states(&self, sequences: &[&[u32]], offsets: &[usize]) -> Array2<f32> {
         let tokens = *offsets.last().expect("offsets start at 0");
-        let h = self.hidden;
-        let mut x = self.embed(sequences, tokens);
-        let mut qkv = Array2::<f32>::zeros((tokens, 3 * h));
-        let mut ctx = Array2::<f32>::zeros((tokens, h));
-        let mut tmp = Array2::<f32>::zeros((tokens, h));
-        let mut inter = Array2::<f32>::zeros((tokens, self.intermediate));
+        let mut b = Buffers {
+            x: self.embed(sequences, tokens),
+            qkv: Array2::zeros((tokens, 3 * self.hidden)),
+            ctx: Array2::zeros((tokens, self.hidden)),
+            tmp: Array2::zeros((tokens, self.hidden)),
+            inter: Array2::zeros((tokens, self.intermediate)),
+        };
         for layer in &self.weights.layers {
-            self.layer(
-                layer, &mut x, &mut qkv, &mut ctx, &mut tmp, &mut inter, offsets,
-            );
+            self.layer(layer, &mut b, offsets);
         }
-        x
+        b.x
     }
 
     /// Word + position + token-type-0 embeddings, then layer norm.
@@ -124,36 +137,26 @@ impl Encoder {
         x
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn layer(
-        &self,
-        layer: &Layer,
-        x: &mut Array2<f32>,
-        qkv: &mut Array2<f32>,
-        ctx: &mut Array2<f32>,
-        tmp: &mut Array2<f32>,
-        inter: &mut Array2<f32>,
-        offsets: &[usize],
-    ) {
+    fn layer(&self, layer: &Layer, b: &mut Buffers, offsets: &[usize]) {
         // Self-attention: one fused QKV GEMM over every token of the batch.
-        fill_rows(qkv.view_mut(), slice(&layer.qkv.b));
-        gemm_acc(x.view(), layer.qkv.w.view(), qkv.view_mut());
-        self.attention(qkv.view(), ctx.view_mut(), offsets);
+        fill_rows(b.qkv.view_mut(), slice(&layer.qkv.b));
+        gemm_acc(b.x.view(), layer.qkv.w.view(), b.qkv.view_mut());
+        self.attention(b.qkv.view(), b.ctx.view_mut(), offsets);
         // Output projection accumulated onto residual + bias, then layer norm.
-        residual_plus_bias(x.view(), tmp.view_mut(), slice(&layer.attn_out.b));
-        gemm_acc(ctx.view(), layer.attn_out.w.view(), tmp.view_mut());
+        residual_plus_bias(b.x.view(), b.tmp.view_mut(), slice(&layer.attn_out.b));
+        gemm_acc(b.ctx.view(), layer.attn_out.w.view(), b.tmp.view_mut());
         let n = &layer.attn_norm;
-        layer_norm_rows(tmp.view_mut(), slice(&n.gamma), slice(&n.beta), self.eps);
-        std::mem::swap(x, tmp);
-        // Feed-forward.
-        fill_rows(inter.view_mut(), slice(&layer.ffn_in.b));
-        gemm_acc(x.view(), layer.ffn_in.w.view(), inter.view_mut());
-        gelu_all(inter.as_slice_mut().expect("owned"), self.intermediate);
-        residual_plus_bias(x.view(), tmp.view_mut(), slice(&layer.ffn_out.b));
-        gemm_acc(inter.view(), layer.ffn_out.w.view(), tmp.view_mut());
+        layer_norm_rows(b.tmp.view_mut(), slice(&n.gamma), slice(&n.beta), self.eps);
+        std::mem::swap(&mut b.x, &mut b.tmp);
+        // Feed-forward, the same way.
+        fill_rows(b.inter.view_mut(), slice(&layer.ffn_in.b));
+        gemm_acc(b.x.view(), layer.ffn_in.w.view(), b.inter.view_mut());
+        gelu_all(b.inter.as_slice_mut().expect("owned"), self.intermediate);
+        residual_plus_bias(b.x.view(), b.tmp.view_mut(), slice(&layer.ffn_out.b));
+        gemm_acc(b.inter.view(), layer.ffn_out.w.view(), b.tmp.view_mut());
         let n = &layer.ffn_norm;
-        layer_norm_rows(tmp.view_mut(), slice(&n.gamma), slice(&n.beta), self.eps);
-        std::mem::swap(x, tmp);
+        layer_norm_rows(b.tmp.view_mut(), slice(&n.gamma), slice(&n.beta), self.eps);
+        std::mem::swap(&mut b.x, &mut b.tmp);
     }
 
     /// Scaled dot-product attention per sequence and head: `ctx = softmax(q·kᵀ)·v`, where `q`
