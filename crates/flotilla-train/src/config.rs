@@ -158,11 +158,15 @@ mod tests {
 
     #[test]
     fn validation_names_the_key() {
-        let mut c = TrainConfig::default();
-        c.dropout = 1.0;
+        let c = TrainConfig {
+            dropout: 1.0,
+            ..TrainConfig::default()
+        };
         assert_eq!(c.validate().unwrap_err().key, "dropout");
-        let mut c = TrainConfig::default();
-        c.hidden = vec![4, 0];
+        let c = TrainConfig {
+            hidden: vec![4, 0],
+            ..TrainConfig::default()
+        };
         assert_eq!(c.validate().unwrap_err().key, "hidden");
         assert!(TrainConfig::default().validate().is_ok());
     }
