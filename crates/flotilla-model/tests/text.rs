@@ -408,3 +408,40 @@ fn an_encoder_is_shared_across_threads() {
         assert_eq!(h.join().unwrap(), expected);
     }
 }
+
+/// GEMMs are split by rows (many tokens) or by columns (few), attention and GELU run in
+/// parallel for large batches: whatever the pool size, the vectors are what one thread computes.
+#[test]
+fn results_do_not_depend_on_the_pool_size() {
+    let encoder = TextEncoder::load(&root().join("models/tiny-bert")).unwrap();
+    let fx = fixture("tiny_bert_embeddings.json");
+    let texts: Vec<&str> = fx
+        .texts
+        .iter()
+        .map(|r| r.text.as_str())
+        .cycle()
+        .take(100)
+        .collect();
+    let on = |threads: usize, texts: &[&str]| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| encoder.encode(texts).unwrap())
+    };
+    for batch in [&texts[..1], &texts[..5], &texts[..]] {
+        let one = on(1, batch);
+        for threads in [2, 3, 5] {
+            let many = on(threads, batch);
+            assert_eq!(many.tokens, one.tokens);
+            let diff = (&many.vectors - &one.vectors)
+                .mapv(f32::abs)
+                .fold(0f32, |m, &v| m.max(v));
+            assert!(
+                diff < 1e-5,
+                "{threads} threads, {} texts: max |diff| {diff}",
+                batch.len()
+            );
+        }
+    }
+}
