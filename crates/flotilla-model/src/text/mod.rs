@@ -59,8 +59,11 @@ pub struct Embeddings {
 /// batches at once.
 #[derive(Debug)]
 pub struct TextEncoder {
+    /// The directory's JSON files, validated: sizes, max_seq_length, pooling, normalisation.
     config: TextConfig,
+    /// Text to ids, truncated as sentence-transformers truncates.
     tokenizer: TextTokenizer,
+    /// Ids to vectors.
     encoder: Encoder,
 }
 

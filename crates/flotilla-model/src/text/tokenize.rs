@@ -17,7 +17,9 @@ pub type TokenIds = Vec<u32>;
 
 #[derive(Debug, Clone)]
 pub struct TextTokenizer {
+    /// The tokenizer.json pipeline with truncation set to max_seq_length and padding off.
     inner: Tokenizer,
+    /// sentence-transformers lowercases texts itself when sentence_bert_config.json says so.
     do_lower_case: bool,
 }
 

@@ -24,7 +24,9 @@ const POSITION_IDS: &str = "embeddings.position_ids";
 /// `y = x·w + b`, with `w` as `[in, out]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// `[in, out]`, row-major (the file's `[out, in]` transposed once at load).
     pub w: Array2<f32>,
+    /// `[out]`.
     pub b: Array1<f32>,
 }
 
@@ -40,7 +42,9 @@ impl Linear {
 
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
+    /// The scale, `[H]` (PyTorch's `LayerNorm.weight`).
     pub gamma: Array1<f32>,
+    /// The shift, `[H]` (PyTorch's `LayerNorm.bias`).
     pub beta: Array1<f32>,
 }
 
@@ -105,6 +109,7 @@ impl BertWeights {
 
 /// The file's tensors by name, with the optional `bert.` prefix of some exports removed.
 struct Tensors<'a> {
+    /// Views into the file's bytes; copied out only for the tensors the encoder uses.
     by_name: HashMap<String, safetensors::tensor::TensorView<'a>>,
 }
 
