@@ -445,3 +445,15 @@ fn results_do_not_depend_on_the_pool_size() {
         }
     }
 }
+
+#[test]
+fn the_kind_is_named_as_the_protocol_says() {
+    use flotilla_model::Kind;
+    assert_eq!(Kind::TextEmbedding.as_str(), "text-embedding");
+    assert_eq!(
+        serde_json::to_string(&Kind::TextEmbedding).unwrap(),
+        "\"text-embedding\""
+    );
+    let kind: Kind = serde_json::from_str("\"text-embedding\"").unwrap();
+    assert_eq!(kind, Kind::TextEmbedding);
+}
