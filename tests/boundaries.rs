@@ -39,7 +39,15 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("flotilla-train", &["async-nats", "tokio", "clap"]),
     (
         "flotilla-gateway",
-        &["clap", "plotters", "indicatif", "rayon", "ndarray", "flotilla-model", "tract-onnx"],
+        &[
+            "clap",
+            "plotters",
+            "indicatif",
+            "rayon",
+            "ndarray",
+            "flotilla-model",
+            "tract-onnx",
+        ],
     ),
 ];
 

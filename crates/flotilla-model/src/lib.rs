@@ -21,6 +21,8 @@
 //!   validation and its forward pass on ndarray.
 //! - [`onnx`]: ONNX files run by tract (pure Rust), including the `ai.onnx.ml` operators
 //!   scikit-learn exports use.
+//! - [`text`]: the `text-embedding` kind, BERT-family sentence encoders read from a
+//!   sentence-transformers directory ([`TextEncoder`]); not yet behind [`Backend`].
 //! - [`Label`]: a classifier's predicted label.
 //! - [`ModelError`]: why an artifact could not become a model; messages name the field, the
 //!   operator or the dtype.
@@ -28,6 +30,7 @@
 pub mod dense;
 pub mod onnx;
 pub mod tensor;
+pub mod text;
 
 use std::fmt;
 use std::path::Path;
@@ -38,6 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use dense::{Artifact, ArtifactEncoding, Dense, LayerSpec, Scaler, FORMAT_V1};
 pub use onnx::Onnx;
 pub use tensor::{ComputeError, Computed, DType, Data, DataRef, Signature, Tensor, TensorSpec};
+pub use text::{Embeddings, TextEncoder};
 
 /// Why an artifact could not be turned into a model. Messages name the offending field.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,9 @@ pub enum ModelError {
     /// An ONNX model tract refused, for a reason other than the above.
     #[error("tract cannot load this ONNX model: {0}")]
     Onnx(String),
+    /// A text model's tokenizer refused a text (a property of the input, not the model).
+    #[error("tokenizing a text: {0}")]
+    Tokenize(String),
 }
 
 fn domain_text(domain: &str) -> String {
@@ -107,6 +114,8 @@ pub enum Kind {
     Dense,
     /// An ONNX file.
     Onnx,
+    /// A sentence-transformers directory of a BERT-family encoder.
+    TextEmbedding,
 }
 
 impl Kind {
@@ -114,6 +123,7 @@ impl Kind {
         match self {
             Kind::Dense => "dense",
             Kind::Onnx => "onnx",
+            Kind::TextEmbedding => "text-embedding",
         }
     }
 }
@@ -134,6 +144,7 @@ impl Kind {
         match name {
             "dense" => Some(Kind::Dense),
             "onnx" => Some(Kind::Onnx),
+            "text-embedding" => Some(Kind::TextEmbedding),
             _ => None,
         }
     }
