@@ -39,6 +39,9 @@ fn plan(name: &str, shape: Option<&[usize]>) -> std::sync::Arc<TypedRunnableMode
         .expect("the example optimises")
 }
 
+/// One timed call: returns how long the measured part took.
+type TimedCall<'a> = dyn FnMut() -> std::time::Duration + 'a;
+
 /// Times `call` per call: 50 untimed, then at least 200 calls and 2 seconds.
 fn time(mut call: impl FnMut() -> std::time::Duration) -> (usize, f64, f64, f64) {
     for _ in 0..50 {
@@ -72,7 +75,7 @@ fn main() {
             let concrete = plan(name, Some(&shape));
             let input = TValue::from(TractTensor::from_shape(&shape, &x).expect("shape"));
             let tensor = Tensor::new(batch, row.clone(), Data::F32(x));
-            let cases: [(&str, Box<dyn FnMut() -> std::time::Duration>); 3] = [
+            let cases: [(&str, Box<TimedCall>); 3] = [
                 (
                     "seam",
                     Box::new(|| {
