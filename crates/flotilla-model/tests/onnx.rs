@@ -203,3 +203,43 @@ fn the_kind_comes_from_the_path() {
     assert_eq!(Kind::of_path(Path::new("iris.msgpack")), Some(Kind::Dense));
     assert_eq!(Kind::of_path(Path::new("dir")), None);
 }
+
+/// Single rows run through a second plan fixed to one row; it must agree with the batch plan.
+#[test]
+fn one_row_at_a_time_equals_the_batch() {
+    for (name, output) in [
+        ("cnn", "probs"),
+        ("forest", "probabilities"),
+        ("two_inputs", "y"),
+    ] {
+        let m = load(name);
+        let fx = fixture(name);
+        let batch = inputs(&m, &fx);
+        let whole = m.compute(batch.clone()).unwrap();
+        let whole = whole.outputs.data.to_f64().unwrap();
+        let rows = batch[0].rows;
+        let per_row = whole.len() / rows;
+        for r in 0..rows {
+            let one: Vec<Tensor> = batch
+                .iter()
+                .map(|t| {
+                    let n = t.row_len();
+                    let Data::F32(v) = &t.data else {
+                        unreachable!()
+                    };
+                    Tensor::new(
+                        1,
+                        t.row_shape.clone(),
+                        Data::F32(v[r * n..(r + 1) * n].to_vec()),
+                    )
+                })
+                .collect();
+            let got = m.compute(one).unwrap().outputs.data.to_f64().unwrap();
+            assert_close(
+                &got,
+                &whole[r * per_row..(r + 1) * per_row],
+                &format!("{name} {output} row {r}"),
+            );
+        }
+    }
+}

@@ -30,6 +30,8 @@ use load::{Loaded, Outputs};
 /// A loaded ONNX model and its optimised plan.
 pub struct Onnx {
     plan: Arc<TypedRunnableModel>,
+    /// The plan for single-row chunks, when the file is small enough to hold twice.
+    single_row: Option<Arc<TypedRunnableModel>>,
     signature: Signature,
     outputs: Outputs,
     fixed_batch: Option<usize>,
@@ -60,12 +62,14 @@ impl Onnx {
     fn from_loaded(loaded: Loaded) -> Onnx {
         let Loaded {
             plan,
+            single_row,
             signature,
             outputs,
             fixed_batch,
         } = loaded;
         Onnx {
             plan,
+            single_row,
             signature,
             outputs,
             fixed_batch,
@@ -86,8 +90,11 @@ impl Onnx {
             .iter()
             .map(|t| to_tract(t, start, end, pad_to.max(rows)))
             .collect::<Result<_, _>>()?;
-        let results = self
-            .plan
+        let plan = match &self.single_row {
+            Some(single) if rows == 1 => single,
+            _ => &self.plan,
+        };
+        let results = plan
             .run(fed)
             .map_err(|e| ComputeError::Failed(format!("{e:#}")))?;
         let values = self.signature.output.row_len() * rows;
