@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::encoding::Encoding;
 use crate::error::{ErrorKind, ServiceError};
+use crate::headers::shown;
 
 /// A decoded request body: `rows x features` values, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +64,7 @@ impl PredictRequest {
                     format!("request has {rows} rows; this worker accepts at most {max_rows} per request (split it)"),
                 )
             } else {
-                ServiceError::bad_request(format!("invalid {what} body: {e}"))
+                ServiceError::bad_request(format!("invalid {what} body: {}", bounded(e)))
             }
         };
         let raw = match encoding {
@@ -127,6 +128,22 @@ impl PredictRequest {
             .encode(&Wire { inputs: rows, id })
             .expect("a list of numbers always encodes")
     }
+}
+
+/// The longest decoder message an error reply carries: it goes back in a header and the body,
+/// and serde quotes whole strings of the input ("invalid type: string \"...\"").
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// `e`'s text, cut in the middle when long: the start says what was wrong, the end where.
+fn bounded(e: &dyn fmt::Display) -> String {
+    let text = e.to_string();
+    let chars = text.chars().count();
+    if chars <= MAX_MESSAGE_CHARS {
+        return text;
+    }
+    let head: String = text.chars().take(200).collect();
+    let tail: String = text.chars().skip(chars - 60).collect();
+    format!("{head}... ({} characters cut) ...{tail}", chars - 260)
 }
 
 struct RawRequest {
@@ -392,7 +409,7 @@ impl<'de> Visitor<'de> for NumberSeed<'_> {
         Ok(v as f64)
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
-        Err(self.not_a_number(format_args!("the string {v:?}")))
+        Err(self.not_a_number(format_args!("the string {}", shown(v))))
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<f64, E> {
         Err(self.not_a_number(v))
@@ -477,6 +494,45 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::TooLarge, "{}", e.message);
         assert!(
             PredictRequest::decode_limited(Encoding::Json, br#"{"inputs": [[1],[2]]}"#, 2).is_ok()
+        );
+    }
+
+    /// Found by `scripts/fuzz.sh` (request-json): a string in a row, or a body that is one
+    /// long string, came back whole in the error message, so a 1 MB body got a reply with
+    /// the same megabyte in a header and again in the body (over NATS's max_payload: the
+    /// reply is never delivered).
+    #[test]
+    fn an_error_never_echoes_a_long_input() {
+        let long = "[".repeat(5000);
+        let body = format!(r#"{{"inputs": [[1, "{long}"]]}}"#);
+        let e = json(&body).unwrap_err();
+        assert!(
+            e.message.len() < 400,
+            "{} bytes: {}",
+            e.message.len(),
+            e.message
+        );
+        assert!(
+            e.message.contains("inputs[0][1] is the string"),
+            "{}",
+            e.message
+        );
+        let body = format!(r#""{long}""#);
+        let e = PredictRequest::decode(Encoding::Json, body.as_bytes()).unwrap_err();
+        assert!(
+            e.message.len() < 400,
+            "{} bytes: {}",
+            e.message.len(),
+            e.message
+        );
+        let mut body = vec![0xda, 0x13, 0x88];
+        body.extend_from_slice(long.as_bytes());
+        let e = PredictRequest::decode(Encoding::MsgPack, &body).unwrap_err();
+        assert!(
+            e.message.len() < 400,
+            "{} bytes: {}",
+            e.message.len(),
+            e.message
         );
     }
 
