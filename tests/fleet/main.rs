@@ -9,6 +9,7 @@ mod errors;
 mod hostile;
 mod load;
 mod models_cli;
+mod permissions;
 mod predict;
 mod registry;
 mod swap;
