@@ -321,3 +321,77 @@ async fn a_denied_stream_info_is_reported_as_such_and_creates_nothing() {
         "the registry tried to create a stream it may not even read: {seen:?}"
     );
 }
+
+/// Found while fuzzing manifests (issue 8): a worker verified signatures with the manifest's
+/// own `model`, not the key it read it from. Anyone who may write the manifest bucket (a
+/// leaked operator credential) could store `wine`'s manifest under `iris` and have workers
+/// that trust only signed versions serve a version signed for `wine` to callers of `iris`.
+#[tokio::test]
+async fn a_manifest_naming_another_model_is_refused() {
+    let server = server();
+    let registry = Registry::open(connect(&server).await, &RegistryConfig::default())
+        .await
+        .unwrap();
+    let key = flotilla_registry::signing::generate();
+    let publish = |model: &'static str, file: &'static str| {
+        let (registry, key) = (registry.clone(), key.clone());
+        async move {
+            registry
+                .publish(
+                    model,
+                    &iris_bytes(file),
+                    Default::default(),
+                    Some(&key),
+                    Promote::Always,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    publish("iris", "iris").await;
+    // Two versions of wine, so its current is a version number iris has not loaded.
+    publish("wine", "mlp").await;
+    publish("wine", "mlp").await;
+    let mut cfg = config(&server);
+    cfg.registry.trusted_keys = vec![flotilla_registry::signing::public_hex(&key.verifying_key())];
+    let worker = Worker::follow(cfg, "iris").await;
+    let client = Client::new(connect(&server).await);
+    let row = [5.1, 3.5, 1.4, 0.2];
+    assert_eq!(
+        client
+            .predict("iris", &[row.to_vec()])
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+
+    // Write wine's manifest, signed versions and all, under iris.
+    let js = async_nats::jetstream::new(connect(&server).await);
+    let kv = js.get_key_value("flotilla-manifests").await.unwrap();
+    let wine = kv.get("wine").await.unwrap().unwrap();
+    kv.put("iris", wine).await.unwrap();
+
+    // Until the worker has read and refused it, every answer must still be iris's own.
+    let failed = "flotilla_model_load_failures_total{model=\"iris\",reason=\"manifest\"} 1";
+    let want = reference_forward(&example_json("iris"), &row);
+    let check = |p: flotilla_proto::Prediction| {
+        assert_eq!(
+            p.version, 1,
+            "iris callers were served wine's version {}",
+            p.version
+        );
+        assert_close(&p.outputs[0], &want, "iris is still iris");
+    };
+    tokio::time::timeout(WAIT, async {
+        while !worker.metrics.render().contains(failed) {
+            check(client.predict("iris", &[row.to_vec()]).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the foreign manifest was not counted as a bad manifest");
+    for _ in 0..20 {
+        check(client.predict("iris", &[row.to_vec()]).await.unwrap());
+    }
+}
