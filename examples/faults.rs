@@ -620,7 +620,7 @@ async fn cluster(fleet: &Fleet, rounds: usize) -> anyhow::Result<bool> {
         match Registry::open(operator.clone(), &config).await {
             Ok(r) => break r,
             Err(e) if start.elapsed() < Duration::from_secs(60) => {
-                tracing_note(&format!("waiting for JetStream: {e}"));
+                note(&format!("waiting for JetStream: {e}"));
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => bail!("the cluster's JetStream never came up: {e}"),
@@ -729,7 +729,8 @@ async fn cluster(fleet: &Fleet, rounds: usize) -> anyhow::Result<bool> {
     ))
 }
 
-fn tracing_note(text: &str) {
+/// Progress detail, printed with FAULTS_VERBOSE=1.
+fn note(text: &str) {
     if std::env::var_os("FAULTS_VERBOSE").is_some() {
         eprintln!("{text}");
     }
@@ -749,10 +750,10 @@ async fn publish(registry: &Registry, artifact: &[u8]) -> anyhow::Result<(u64, u
         match tried {
             Ok(Ok(p)) => return Ok((p.version, attempts)),
             Ok(Err(e)) if start.elapsed() < Duration::from_secs(60) => {
-                tracing_note(&format!("publish attempt {attempts}: {e}"));
+                note(&format!("publish attempt {attempts}: {e}"));
             }
             Err(_) if start.elapsed() < Duration::from_secs(60) => {
-                tracing_note(&format!("publish attempt {attempts} hung for 20 s"));
+                note(&format!("publish attempt {attempts} hung for 20 s"));
             }
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => bail!("publishing hung"),
