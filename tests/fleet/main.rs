@@ -12,6 +12,7 @@ mod load;
 mod models_cli;
 mod onnx;
 mod onnx_registry;
+mod permissions;
 mod predict;
 mod registry;
 mod swap;

@@ -263,6 +263,12 @@ impl Model {
         match kind {
             Kind::Dense => Model::from_bytes(bytes),
             Kind::Onnx => Ok(Model::new(Box::new(Onnx::from_bytes(bytes)?), None)),
+            // The encoder exists (`TextEncoder`) but is not behind the seam yet: a worker
+            // refuses such a version rather than serving it wrong.
+            Kind::TextEmbedding => Err(ModelError::Invalid {
+                field: "kind".into(),
+                message: "text-embedding models cannot be served by this worker yet".into(),
+            }),
         }
     }
 

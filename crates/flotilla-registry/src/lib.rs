@@ -623,11 +623,15 @@ impl Registry {
     }
 }
 
+/// Reads the manifest stored under `model` and checks it ([`Manifest::check`]).
 pub fn parse_manifest(model: &str, bytes: &[u8]) -> Result<Manifest, RegistryError> {
-    serde_json::from_slice(bytes).map_err(|e| RegistryError::BadManifest {
+    let bad = |message: String| RegistryError::BadManifest {
         model: model.into(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    manifest.check(model).map_err(bad)?;
+    Ok(manifest)
 }
 
 pub fn now_rfc3339() -> String {

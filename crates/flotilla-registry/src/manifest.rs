@@ -159,6 +159,60 @@ impl Manifest {
         }
     }
 
+    /// Checks what every manifest flotilla writes satisfies, for one read from the bucket
+    /// under `key`: anyone with write access to the bucket can store anything there.
+    ///
+    /// - It names the model it is stored under. A worker verifies signatures with the
+    ///   manifest's `model`, so a manifest under `iris` naming `wine` would have a worker
+    ///   serve a version signed for `wine` to callers of `iris`.
+    /// - Every version is at most `latest`, and `latest` has a successor: otherwise the next
+    ///   publish overwrites an existing version (or overflows).
+    /// - `current`, the canary and `previous` name versions it describes; the canary's weight
+    ///   is in (0, 1].
+    ///
+    /// Found by `scripts/fuzz.sh` (manifest), except the first, found reading the worker.
+    pub fn check(&self, key: &str) -> Result<(), String> {
+        if self.model != key {
+            return Err(format!(
+                "it is stored under {key:?} but names model {:?}",
+                self.model
+            ));
+        }
+        if self.latest == u64::MAX {
+            return Err(format!(
+                "latest is {}: no version number is left",
+                self.latest
+            ));
+        }
+        if let Some(&highest) = self.versions.keys().next_back() {
+            if highest > self.latest {
+                return Err(format!(
+                    "it describes version {highest} but latest is {}",
+                    self.latest
+                ));
+            }
+        }
+        let named = self
+            .current
+            .map(|v| ("current", v))
+            .into_iter()
+            .chain(self.canary.map(|c| ("canary", c.version)))
+            .chain(self.previous.iter().map(|&v| ("previous", v)));
+        for (field, version) in named {
+            if !self.versions.contains_key(&version) {
+                return Err(format!(
+                    "{field} names version {version}, which it does not describe"
+                ));
+            }
+        }
+        if let Some(c) = self.canary {
+            if !(c.weight > 0.0 && c.weight <= 1.0) {
+                return Err(format!("canary weight {} is not in (0, 1]", c.weight));
+            }
+        }
+        Ok(())
+    }
+
     fn version_list(&self) -> Vec<u64> {
         self.versions.keys().copied().collect()
     }
@@ -355,6 +409,39 @@ mod tests {
         m.set_canary(2, 0.25).unwrap();
         m.promote(2).unwrap();
         assert_eq!(m.canary, None, "promoting the canary ends the split");
+    }
+
+    /// Regressions from `scripts/fuzz.sh` (manifest): a manifest whose `latest` is below a
+    /// version it describes made the next publish overwrite that version; one with `latest`
+    /// at u64::MAX made it overflow. And a manifest naming another model (found reading the
+    /// worker) would be verified against that model's signatures.
+    #[test]
+    fn inconsistent_manifests_are_refused() {
+        let mut m = Manifest::new("iris");
+        m.add_version(info(0.9), Promote::Always);
+        m.add_version(info(0.9), Promote::Never);
+        m.set_canary(2, 0.5).unwrap();
+        assert_eq!(m.check("iris"), Ok(()));
+        let broken = |change: &dyn Fn(&mut Manifest)| {
+            let mut b = m.clone();
+            change(&mut b);
+            b.check("iris").unwrap_err()
+        };
+        assert!(broken(&|b| b.model = "wine".into()).contains("\"wine\""));
+        assert!(broken(&|b| b.latest = 1).contains("version 2 but latest is 1"));
+        assert!(broken(&|b| b.latest = u64::MAX).contains("no version number"));
+        assert!(broken(&|b| b.current = Some(7)).contains("current names version 7"));
+        assert!(broken(&|b| b.previous = vec![9]).contains("previous names version 9"));
+        assert!(broken(&|b| b.canary = Some(Canary {
+            version: 8,
+            weight: 0.5
+        }))
+        .contains("canary names version 8"));
+        assert!(broken(&|b| b.canary = Some(Canary {
+            version: 2,
+            weight: 2.0
+        }))
+        .contains("weight 2"));
     }
 
     #[test]

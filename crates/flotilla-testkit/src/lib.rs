@@ -27,6 +27,8 @@ pub struct NatsServer {
     child: Child,
     port: u16,
     store: std::path::PathBuf,
+    /// The config file it was started with, if any (kept in `store`, reused by `restart`).
+    config: Option<std::path::PathBuf>,
 }
 
 impl NatsServer {
@@ -38,9 +40,14 @@ impl NatsServer {
         let mut last = None;
         for _ in 0..5 {
             let port = free_port()?;
-            match Self::start_on(port, &store) {
+            match Self::start_on(port, &store, None) {
                 Ok(child) => {
-                    return Ok(NatsServer { child, port, store });
+                    return Ok(NatsServer {
+                        child,
+                        port,
+                        store,
+                        config: None,
+                    });
                 }
                 Err(e @ NatsServerError::NotInstalled) => return Err(e),
                 Err(e) => last = Some(e),
@@ -49,10 +56,49 @@ impl NatsServer {
         Err(last.expect("at least one attempt"))
     }
 
-    fn start_on(port: u16, store: &Path) -> Result<Child, NatsServerError> {
-        let mut child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store)
+    /// Starts `nats-server` with a config file made of `text` after two lines this adds:
+    /// `listen` on a free loopback port and `jetstream { store_dir }` in a fresh directory.
+    /// For users, permissions and accounts (`text` must not set `listen` or `jetstream`).
+    pub fn start_with_config(text: &str) -> Result<NatsServer, NatsServerError> {
+        let store = std::env::temp_dir().join(format!("flotilla-nats-{}", nuid::next()));
+        std::fs::create_dir_all(&store)?;
+        let config = store.join("nats.conf");
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            std::fs::write(
+                &config,
+                format!(
+                    "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\n{text}\n",
+                    store.join("js").display().to_string()
+                ),
+            )?;
+            match Self::start_on(port, &store, Some(&config)) {
+                Ok(child) => {
+                    return Ok(NatsServer {
+                        child,
+                        port,
+                        store,
+                        config: Some(config),
+                    });
+                }
+                Err(e @ NatsServerError::NotInstalled) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn start_on(port: u16, store: &Path, config: Option<&Path>) -> Result<Child, NatsServerError> {
+        let mut command = Command::new("nats-server");
+        match config {
+            // The file says where to listen; a config error is reported as the exit status.
+            Some(config) => command.arg("-c").arg(config),
+            None => command
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(store),
+        };
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -86,7 +132,7 @@ impl NatsServer {
         // let it be bound again.
         let mut last = None;
         for _ in 0..50 {
-            match Self::start_on(self.port, &self.store) {
+            match Self::start_on(self.port, &self.store, self.config.as_deref()) {
                 Ok(child) => {
                     self.child = child;
                     return Ok(());

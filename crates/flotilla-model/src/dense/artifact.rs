@@ -11,6 +11,13 @@ use crate::Label;
 /// The only format this version of flotilla reads and writes.
 pub const FORMAT_V1: &str = "flotilla.model.v1";
 
+/// How deeply MessagePack values may nest in an artifact. Its own structure needs five
+/// levels (map, layers, layer, weights, row); the rest is room for `metadata`. The `extra`
+/// keys make serde buffer the whole map, reserving up to 1 MiB per container from the length
+/// it declares, so without a bound a few kilobytes of nested headers reserved a gigabyte
+/// (found by `scripts/fuzz.sh`). JSON declares no lengths, and serde_json stops at 128 levels.
+pub const MAX_DEPTH: usize = 32;
+
 /// A model artifact exactly as on the wire. Unknown top-level keys are kept in `extra` so a
 /// re-encoded artifact loses nothing a newer tool wrote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,8 +66,12 @@ impl Artifact {
             None => Err(ModelError::Decode("the artifact is empty".into())),
             Some(b'{') => serde_json::from_slice(bytes)
                 .map_err(|e| ModelError::Decode(format!("invalid JSON artifact: {e}"))),
-            Some(_) => rmp_serde::from_slice(bytes)
-                .map_err(|e| ModelError::Decode(format!("invalid MessagePack artifact: {e}"))),
+            Some(_) => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+                de.set_max_depth(MAX_DEPTH);
+                Artifact::deserialize(&mut de)
+                    .map_err(|e| ModelError::Decode(format!("invalid MessagePack artifact: {e}")))
+            }
         }
     }
 

@@ -161,7 +161,6 @@ impl Dense {
                     "is empty; a layer needs at least one unit",
                 ));
             }
-            let mut flat = Vec::with_capacity(width * units);
             for (r, row) in spec.weights.iter().enumerate() {
                 if row.len() != units {
                     return Err(invalid(
@@ -170,6 +169,11 @@ impl Dense {
                     ));
                 }
                 check_finite(&format!("layers[{l}].weights[{r}]"), row)?;
+            }
+            // Sized only now that every row is known to hold `units` values: `width * units`
+            // from unchecked rows could be gigabytes for an artifact of empty rows.
+            let mut flat = Vec::with_capacity(width * units);
+            for row in &spec.weights {
                 flat.extend_from_slice(row);
             }
             check_finite(&field("bias"), &spec.bias)?;
@@ -479,6 +483,40 @@ mod tests {
         assert!(err.contains("softmax over one unit"), "{err}");
         let ok = text.replace("softmax", "sigmoid");
         assert!(Model::from_bytes(ok.as_bytes()).is_ok());
+    }
+
+    /// Found while triaging `scripts/fuzz.sh`'s memory findings: empty weight rows and as
+    /// many biases made validation reserve `width * units` values before checking a row.
+    /// Here, 500 kB of JSON asked for 80 GB and aborted the process ("memory allocation of
+    /// 80000000000 bytes failed"); `tests/fuzz.rs` checks the heap it takes, too.
+    #[test]
+    fn empty_rows_reserve_nothing() {
+        let n = 100_000;
+        let text = format!(
+            r#"{{"format": "flotilla.model.v1", "inputs": {n}, "outputs": {n},
+                "layers": [{{"weights": [{}], "bias": [{}], "activation": "identity"}}]}}"#,
+            vec!["[]"; n].join(","),
+            vec!["0"; n].join(",")
+        );
+        let err = Model::from_bytes(text.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("layers[0].weights[0]"), "{err}");
+    }
+
+    /// Found by `scripts/fuzz.sh` (artifact): MessagePack arrays nested a thousand deep, each
+    /// claiming 32,000 elements, reserved about 1 MiB per level while buffering.
+    #[test]
+    fn deep_msgpack_is_refused_before_it_reserves() {
+        let mut bytes =
+            rmp_serde::to_vec_named(&Artifact::from_bytes(iris_json().as_bytes()).unwrap())
+                .unwrap();
+        // A new top-level key whose value nests 1,000 array16 headers of 32,119 elements.
+        bytes[0] += 1;
+        bytes.extend_from_slice(&[0xa1, b'z']);
+        for _ in 0..1000 {
+            bytes.extend_from_slice(&[0xdc, 0x7d, 0x77]);
+        }
+        let err = Model::from_bytes(&bytes).unwrap_err().to_string();
+        assert!(err.contains("depth"), "{err}");
     }
 
     #[test]

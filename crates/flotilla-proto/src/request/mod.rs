@@ -175,7 +175,7 @@ impl PredictRequest {
         };
         let refuse = |what: &str, e: &dyn fmt::Display| match limits.too_many_rows.get() {
             Some(rows) => too_large(rows),
-            None => ServiceError::bad_request(format!("invalid {what} body: {e}")),
+            None => ServiceError::bad_request(format!("invalid {what} body: {}", bounded(e))),
         };
         let raw = match encoding {
             Encoding::Json => {
@@ -424,3 +424,21 @@ impl<'de> DeserializeSeed<'de> for XSeed<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// The longest decoder message an error reply carries: it goes back in a header and the body,
+/// and serde quotes whole strings of the input ("invalid type: string \"...\"").
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// `e`'s text, cut in the middle when long: the start says what was wrong, the end where.
+/// (Found by `scripts/fuzz.sh`: a 1 MB string came back twice in a reply over NATS's
+/// max_payload, which was then never delivered.)
+fn bounded(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    let chars = text.chars().count();
+    if chars <= MAX_MESSAGE_CHARS {
+        return text;
+    }
+    let head: String = text.chars().take(200).collect();
+    let tail: String = text.chars().skip(chars - 60).collect();
+    format!("{head}... ({} characters cut) ...{tail}", chars - 260)
+}

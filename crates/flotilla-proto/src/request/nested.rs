@@ -98,7 +98,7 @@ impl<'a> Nest<'a> {
     fn string<E: de::Error>(&mut self, v: &str) -> Result<(), E> {
         let depth = self.path.len();
         if depth != 1 {
-            return Err(self.not_a_number(format_args!("the string {v:?}")));
+            return Err(self.not_a_number(format_args!("the string {}", crate::headers::shown(v))));
         }
         if self.leaf_depth != Some(1) || self.text != Some(true) {
             self.first_leaf(1, true)?;

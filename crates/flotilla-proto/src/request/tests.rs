@@ -242,3 +242,41 @@ fn msgpack_non_finite_is_refused() {
     let e = PredictRequest::decode(Encoding::MsgPack, &body).unwrap_err();
     assert!(e.message.contains("inputs[0][1] is inf"), "{}", e.message);
 }
+
+/// Found by `scripts/fuzz.sh` (request-json): a string in a row, or a body that is one long
+/// string, came back whole in the error message, so a 1 MB body got a reply with the same
+/// megabyte in a header and again in the body (over NATS's max_payload: never delivered).
+#[test]
+fn an_error_never_echoes_a_long_input() {
+    let long = "[".repeat(5000);
+    let body = format!(r#"{{"inputs": [[1, "{long}"]]}}"#);
+    let e = json(&body).unwrap_err();
+    assert!(
+        e.message.len() < 400,
+        "{} bytes: {}",
+        e.message.len(),
+        e.message
+    );
+    assert!(
+        e.message.contains("inputs[0][1] is the string"),
+        "{}",
+        e.message
+    );
+    let body = format!(r#""{long}""#);
+    let e = PredictRequest::decode(Encoding::Json, body.as_bytes()).unwrap_err();
+    assert!(
+        e.message.len() < 400,
+        "{} bytes: {}",
+        e.message.len(),
+        e.message
+    );
+    let mut body = vec![0xda, 0x13, 0x88];
+    body.extend_from_slice(long.as_bytes());
+    let e = PredictRequest::decode(Encoding::MsgPack, &body).unwrap_err();
+    assert!(
+        e.message.len() < 400,
+        "{} bytes: {}",
+        e.message.len(),
+        e.message
+    );
+}
