@@ -1,7 +1,6 @@
 //! Every row of the error table, and bad input of every kind: a clear error naming what was
 //! wrong, both service-error headers, the error body, and a worker that keeps serving.
 
-
 use flotilla_model::Model;
 use serde_json::{json, Value};
 
