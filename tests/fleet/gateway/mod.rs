@@ -155,8 +155,17 @@ pub struct Tap(async_nats::Subscriber);
 
 impl Tap {
     pub async fn start(nats: &async_nats::Client) -> Tap {
-        let sub = nats.subscribe("flotilla.predict.>").await.unwrap();
-        nats.flush().await.unwrap();
+        let mut sub = nats.subscribe("flotilla.predict.>").await.unwrap();
+        // A flush only empties the socket; a marker coming back proves the server has the
+        // subscription, so nothing sent after this returns can slip past the tap.
+        nats.publish("flotilla.predict.tap-ready", "".into())
+            .await
+            .unwrap();
+        let marker = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("the tap's marker never came back")
+            .unwrap();
+        assert_eq!(marker.subject.as_str(), "flotilla.predict.tap-ready");
         Tap(sub)
     }
 
