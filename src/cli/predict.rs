@@ -12,7 +12,7 @@ use flotilla_proto::Encoding;
 use super::NatsArgs;
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("input").required(true).args(["x", "json", "csv"])))]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["x", "json", "csv", "text"])))]
 pub struct PredictArgs {
     /// Model name.
     model: String,
@@ -27,6 +27,10 @@ pub struct PredictArgs {
     /// Rows from a CSV file of numbers (a header line is skipped).
     #[arg(long, value_name = "FILE")]
     csv: Option<PathBuf>,
+    /// A text for a text model; repeat for several. Prints each vector's length, token count
+    /// and first values rather than the whole reply.
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    text: Vec<String>,
     /// Send MessagePack instead of JSON.
     #[arg(long)]
     msgpack: bool,
@@ -48,6 +52,8 @@ pub async fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let body: serde_json::Value = if let Some(x) = &args.x {
         let row = parse_row(x).context("--x")?;
         serde_json::json!({ "x": row })
+    } else if !args.text.is_empty() {
+        serde_json::json!({ "inputs": args.text })
     } else if let Some(json) = &args.json {
         serde_json::from_str(json).context("--json is not valid JSON")?
     } else {
@@ -71,7 +77,11 @@ pub async fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
                 Encoding::Json => serde_json::from_slice(&reply.body)?,
                 Encoding::MsgPack => rmp_serde::from_slice(&reply.body)?,
             };
-            super::print_out(format_args!("{}\n", serde_json::to_string_pretty(&value)?))?;
+            if args.text.is_empty() {
+                super::print_out(format_args!("{}\n", serde_json::to_string_pretty(&value)?))?;
+            } else {
+                super::print_out(format_args!("{}", summarise_vectors(&args.text, &value)))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -79,6 +89,36 @@ pub async fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Values of each vector shown by `--text`.
+const SHOWN: usize = 6;
+
+/// One block per text: its vector's length, its tokens and first values.
+fn summarise_vectors(texts: &[String], reply: &serde_json::Value) -> String {
+    let mut out = format!(
+        "model {} version {}\n",
+        reply["model"].as_str().unwrap_or("?"),
+        reply["version"]
+    );
+    let empty = Vec::new();
+    let outputs = reply["outputs"].as_array().unwrap_or(&empty);
+    for (i, (text, vector)) in texts.iter().zip(outputs).enumerate() {
+        let values = vector.as_array().unwrap_or(&empty);
+        let first: Vec<String> = values
+            .iter()
+            .take(SHOWN)
+            .map(|v| format!("{:.4}", v.as_f64().unwrap_or(f64::NAN)))
+            .collect();
+        let more = if values.len() > SHOWN { ", ..." } else { "" };
+        out += &format!(
+            "{text:?}: {} values, {} tokens\n  [{}{more}]\n",
+            values.len(),
+            reply["tokens"][i],
+            first.join(", ")
+        );
+    }
+    out
 }
 
 fn parse_row(text: &str) -> anyhow::Result<Vec<f64>> {

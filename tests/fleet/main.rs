@@ -16,3 +16,4 @@ mod permissions;
 mod predict;
 mod registry;
 mod swap;
+mod text;

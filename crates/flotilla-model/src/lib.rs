@@ -11,8 +11,8 @@
 //! batch-first [`Tensor`]s, one per input. The worker checks requests against the signature
 //! and concatenates them row-wise, so it never knows the kind. A text encoder plugs in the
 //! same way: one input of dtype [`DType::String`] with per-row shape `[]`, its embeddings as
-//! `outputs` and its token counts as an extra per-row field ([`Computed::extras`]), plus a
-//! [`Kind`] variant and a branch in [`Model::from_kind_bytes`] / [`Model::load`] (a directory).
+//! `outputs` and its token counts as an extra per-row field ([`Computed::extras`]); it also
+//! tells the batcher what each text costs in tokens ([`Backend::token_counts`]).
 //!
 //! # Layout
 //! - [`tensor`]: the seam's types: [`Signature`] (what a model takes and gives, per row),
@@ -22,7 +22,7 @@
 //! - [`onnx`]: ONNX files run by tract (pure Rust), including the `ai.onnx.ml` operators
 //!   scikit-learn exports use.
 //! - [`text`]: the `text-embedding` kind, BERT-family sentence encoders read from a
-//!   sentence-transformers directory ([`TextEncoder`]); not yet behind [`Backend`].
+//!   sentence-transformers directory or the registry's archive of one ([`TextEncoder`]).
 //! - [`Label`]: a classifier's predicted label.
 //! - [`ModelError`]: why an artifact could not become a model; messages name the field, the
 //!   operator or the dtype.
@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use dense::{Artifact, ArtifactEncoding, Dense, LayerSpec, Scaler, FORMAT_V1};
 pub use onnx::Onnx;
 pub use tensor::{ComputeError, Computed, DType, Data, DataRef, Signature, Tensor, TensorSpec};
-pub use text::{Embeddings, TextEncoder};
+pub use text::{pack_dir, Embeddings, TextEncoder};
 
 /// Why an artifact could not be turned into a model. Messages name the offending field.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +140,16 @@ impl Kind {
         }
     }
 
+    /// The kind of what `path` names: a directory is a text encoder (a sentence-transformers
+    /// directory), a file goes by [`Kind::of_path`], and an unknown extension is dense.
+    pub fn detect(path: &Path) -> Kind {
+        if path.is_dir() {
+            Kind::TextEmbedding
+        } else {
+            Kind::of_path(path).unwrap_or(Kind::Dense)
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Kind> {
         match name {
             "dense" => Some(Kind::Dense),
@@ -171,6 +181,19 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The label of one `outputs` row of f64, for dense classifiers (the trainer's metrics).
     fn label(&self, _output: &[f64]) -> Option<Label> {
         None
+    }
+    /// For models whose work is counted in tokens rather than rows (text models): how many
+    /// tokens each text will cost, so a batcher can size batches and bound its queue by them
+    /// before computing anything. `None` for models counted in rows; an error when a text
+    /// cannot be tokenized.
+    fn token_counts(&self, _texts: &[String]) -> Option<Result<Vec<usize>, ModelError>> {
+        None
+    }
+    /// Whether a batch of `rows` is worth running inside the rayon pool, where the backend
+    /// may split it; below that it runs on the calling thread, since waking pool threads
+    /// costs more than it saves.
+    fn fans_out(&self, rows: usize) -> bool {
+        rows > ROWS_PER_TASK
     }
 }
 
@@ -238,19 +261,14 @@ impl Model {
         Model { backend, metadata }
     }
 
-    /// Reads and validates a model file of the kind its path says ([`Kind::of_path`]); a
-    /// file with another extension is read as a dense artifact, as before kinds existed.
+    /// Reads and validates a model of the kind its path says ([`Kind::detect`]): a
+    /// directory is a text encoder; a file with an unknown extension is read as a dense
+    /// artifact, as before kinds existed.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
-        if path.is_dir() {
-            return Err(invalid(
-                "path",
-                format!(
-                    "{} is a directory; this worker serves .json/.msgpack (flotilla.model.v1) and .onnx files",
-                    path.display()
-                ),
-            ));
+        let kind = Kind::detect(path);
+        if kind == Kind::TextEmbedding {
+            return Ok(Model::new(Box::new(TextEncoder::load(path)?), None));
         }
-        let kind = Kind::of_path(path).unwrap_or(Kind::Dense);
         let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
             path: path.display().to_string(),
             source,
@@ -263,12 +281,11 @@ impl Model {
         match kind {
             Kind::Dense => Model::from_bytes(bytes),
             Kind::Onnx => Ok(Model::new(Box::new(Onnx::from_bytes(bytes)?), None)),
-            // The encoder exists (`TextEncoder`) but is not behind the seam yet: a worker
-            // refuses such a version rather than serving it wrong.
-            Kind::TextEmbedding => Err(ModelError::Invalid {
-                field: "kind".into(),
-                message: "text-embedding models cannot be served by this worker yet".into(),
-            }),
+            // The registry's archive of the directory (`text::pack_dir`).
+            Kind::TextEmbedding => Ok(Model::new(
+                Box::new(TextEncoder::from_archive(bytes)?),
+                None,
+            )),
         }
     }
 
@@ -318,17 +335,22 @@ impl Model {
     }
 
     /// [`Model::compute`] on `pool`: small batches right here on the calling thread, larger
-    /// ones inside the pool so that backends can split them by rows.
+    /// ones inside the pool so that backends can split them ([`Backend::fans_out`]).
     pub fn compute_on(
         &self,
         pool: &rayon::ThreadPool,
         inputs: Vec<Tensor>,
     ) -> Result<Computed, ComputeError> {
-        if inputs.first().map_or(0, |t| t.rows) <= ROWS_PER_TASK {
-            self.compute(inputs)
-        } else {
+        if self.backend.fans_out(inputs.first().map_or(0, |t| t.rows)) {
             pool.install(|| self.compute(inputs))
+        } else {
+            self.compute(inputs)
         }
+    }
+
+    /// Tokens each text costs, for models counted in tokens ([`Backend::token_counts`]).
+    pub fn token_counts(&self, texts: &[String]) -> Option<Result<Vec<usize>, ModelError>> {
+        self.backend.token_counts(texts)
     }
 
     /// One pass over a row of zeros (empty texts), so the first caller does not pay for

@@ -29,6 +29,11 @@ pub struct WorkerConfig {
     pub max_batch_delay_us: u64,
     /// Rows admitted and waiting per model; past it requests are refused with 503 at once.
     pub max_queue_rows: usize,
+    /// Text models: most tokens in one forward pass, counted padded (rows times the longest
+    /// text), so a batch of long texts holds fewer of them.
+    pub max_batch_tokens: usize,
+    /// Text models: tokens admitted and waiting per model; past it, 503 at once.
+    pub max_queue_tokens: usize,
     /// Most rows in one request; more is refused with 413.
     pub max_request_rows: usize,
     /// Bodies up to this size are decoded on the read loop; larger ones on the rayon pool.
@@ -56,6 +61,8 @@ impl Default for WorkerConfig {
             max_batch_rows: 256,
             max_batch_delay_us: 0,
             max_queue_rows: 8192,
+            max_batch_tokens: 4096,
+            max_queue_tokens: 65_536,
             max_request_rows: 1024,
             inline_decode_bytes: 16 * 1024,
             max_decode_bytes: 64 * 1024 * 1024,
@@ -74,6 +81,8 @@ impl WorkerConfig {
             ("max_batch_rows", self.max_batch_rows),
             ("max_queue_rows", self.max_queue_rows),
             ("max_request_rows", self.max_request_rows),
+            ("max_batch_tokens", self.max_batch_tokens),
+            ("max_queue_tokens", self.max_queue_tokens),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));

@@ -6,15 +6,17 @@
 use std::time::{Duration, Instant};
 
 use async_nats::{HeaderMap, Subject};
+use flotilla_model::Model;
 use flotilla_proto::headers::malformed_headers;
 use flotilla_proto::{
-    error_encoding, Encoding, ErrorKind, PredictRequest, RequestOptions, ServiceError,
+    error_encoding, Encoding, ErrorKind, Inputs, PredictRequest, RequestOptions, ServiceError,
+    Values,
 };
 use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{self, Entry};
+use crate::batch::{self, Entry, Tokens, Unit};
 use crate::compute::{self, Job, Outgoing};
 use crate::live::{self, Draws, Slot};
 use crate::worker::{Settings, Shared};
@@ -144,11 +146,26 @@ fn enqueue(
     let headers = message.headers.as_ref();
     let encoding =
         Encoding::detect(headers, &message.payload).map_err(|err| (Encoding::Json, err))?;
-    let (request, options, target) =
+    let (request, options, target, tokens) =
         check(settings, slot, headers, encoding, &message.payload, draw)
             .map_err(|err| (error_encoding(encoding, &message.payload), err))?;
+    if tokens.total > queue.max_queue_tokens() {
+        return Err((
+            encoding,
+            ServiceError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "the request's texts are {} tokens, more than model {:?} may ever queue (max_queue_tokens {}); send fewer texts per request",
+                    tokens.total,
+                    slot.name,
+                    queue.max_queue_tokens()
+                ),
+            ),
+        ));
+    }
     let entry = Entry {
         rows: request.rows(),
+        tokens,
         arrived: received,
         deadline: options
             .timeout_ms
@@ -166,20 +183,26 @@ fn enqueue(
             slot.queue_rows.set(queue.queued_rows() as i64);
             Ok(())
         }
-        Err(full) => Err((
-            encoding,
-            ServiceError::new(
-                ErrorKind::Overloaded,
-                format!(
-                    "model {:?} is overloaded: {} rows already queued (max_queue_rows {}); retry, another worker may take it",
-                    slot.name,
-                    full.queued_rows,
-                    queue.max_queue_rows()
+        Err(full) => {
+            let unit = match full.unit {
+                Unit::Rows => "rows",
+                Unit::Tokens => "tokens",
+            };
+            Err((
+                encoding,
+                ServiceError::new(
+                    ErrorKind::Overloaded,
+                    format!(
+                        "model {:?} is overloaded: {} {unit} already queued (max_queue_{unit} {}); retry, another worker may take it",
+                        slot.name, full.queued, full.max
+                    ),
                 ),
-            ),
-        )),
+            ))
+        }
     }
 }
+
+type Checked = (PredictRequest, RequestOptions, live::Target, Tokens);
 
 fn check(
     settings: &Settings,
@@ -188,20 +211,51 @@ fn check(
     encoding: Encoding,
     payload: &[u8],
     draw: f64,
-) -> Result<(PredictRequest, RequestOptions, live::Target), ServiceError> {
+) -> Result<Checked, ServiceError> {
     let options = RequestOptions::from_headers(headers)?;
     let request = PredictRequest::decode_limited(encoding, payload, settings.max_request_rows)?;
     let live = slot.live.load();
     let target = live.draw(options.version, draw);
     let version = live.resolve(target, &slot.name)?;
     crate::inputs::check(&request, &version.served.model, &slot.name)?;
+    let tokens = count_tokens(&version.served.model, &request, &slot.name)?;
     if options.timeout_ms == Some(0) {
         return Err(ServiceError::new(
             ErrorKind::DeadlineExceeded,
             "Flotilla-Timeout-Ms is 0: no budget left to compute in",
         ));
     }
-    Ok((request, options, target))
+    Ok((request, options, target, tokens))
+}
+
+/// What a request to a text model costs in tokens (nothing for other models). Tokenizing is
+/// work in proportion to the body's bytes, so it happens wherever the body was decoded: on
+/// the read loop only for small bodies.
+fn count_tokens(
+    model: &Model,
+    request: &PredictRequest,
+    name: &str,
+) -> Result<Tokens, ServiceError> {
+    let texts = match &request.inputs {
+        Inputs::Unnamed(t) => match &t.values {
+            Values::Text(texts) => texts,
+            _ => return Ok(Tokens::default()),
+        },
+        Inputs::Named(_) => return Ok(Tokens::default()),
+    };
+    let Some(counts) = model.token_counts(texts) else {
+        return Ok(Tokens::default());
+    };
+    let counts = counts.map_err(|e| {
+        ServiceError::new(
+            ErrorKind::BadRequest,
+            format!("model {name:?} cannot tokenize the request's text: {e}"),
+        )
+    })?;
+    Ok(Tokens {
+        total: counts.iter().sum(),
+        longest: counts.iter().copied().max().unwrap_or(0),
+    })
 }
 
 /// Bytes of request bodies waiting for (or in) decoding on the compute pool, bounded.

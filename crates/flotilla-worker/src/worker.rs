@@ -236,7 +236,9 @@ pub async fn run(
         queue_group: config.queue_group.clone(),
         limits: Limits {
             max_batch_rows: config.max_batch_rows,
+            max_batch_tokens: config.max_batch_tokens,
             max_queue_rows: config.max_queue_rows,
+            max_queue_tokens: config.max_queue_tokens,
             max_batch_delay: config.max_batch_delay(),
         },
         served: HashSet::new(),
@@ -335,6 +337,7 @@ fn endpoint(
                 "outputs": current.model.outputs(),
                 "queue_rows": depth.queued_rows(),
                 "max_queue_rows": depth.max_queue_rows(),
+                "queue_tokens": depth.queued_tokens(),
             })
         }),
         metadata: Arc::new(move || {

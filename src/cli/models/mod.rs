@@ -44,7 +44,7 @@ enum ModelsCommand {
     Show(NamedArgs),
     /// One model's versions in order, and the manifest's recorded changes.
     History(NamedArgs),
-    /// Publish a JSON or MessagePack artifact as the model's next version.
+    /// Publish an artifact (dense, ONNX or a text model's directory) as the model's next version.
     Publish(PublishArgs),
     /// Make a version current.
     Promote(PromoteArgs),
@@ -87,8 +87,9 @@ pub(super) struct NamedArgs {
 pub(super) struct PublishArgs {
     /// Model name.
     model: String,
-    /// The artifact (`flotilla.model.v1`, JSON or MessagePack); its `metadata.metrics` feed
-    /// the promotion gate.
+    /// The artifact: a `flotilla.model.v1` file (JSON or MessagePack; its `metadata.metrics`
+    /// feed the promotion gate), an `.onnx` file, or a sentence-transformers directory (a
+    /// text-embedding model, stored as one archive of its files).
     file: PathBuf,
     /// Secret key file from `flotilla models keygen`; workers that trust its public key
     /// accept the version.

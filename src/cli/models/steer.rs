@@ -27,8 +27,15 @@ struct PublishOutput {
 }
 
 pub(super) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    let artifact = std::fs::read(&args.file)
-        .with_context(|| format!("reading the artifact {}", args.file.display()))?;
+    let kind = Kind::detect(&args.file);
+    let path = args.file.clone();
+    // A text model's directory is stored as one deterministic archive of its files.
+    let artifact = tokio::task::spawn_blocking(move || match kind {
+        Kind::TextEmbedding => flotilla_model::pack_dir(&path).map_err(anyhow::Error::from),
+        _ => std::fs::read(&path).map_err(anyhow::Error::from),
+    })
+    .await?
+    .with_context(|| format!("reading the artifact {}", args.file.display()))?;
     let key = args
         .signing_key
         .as_deref()
@@ -36,7 +43,6 @@ pub(super) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .transpose()?;
     // Refuse what no worker could load, before touching the registry. Building a model is
     // CPU work (an ONNX plan is optimised): off the runtime.
-    let kind = Kind::of_path(&args.file).unwrap_or(Kind::Dense);
     let checked =
         tokio::task::spawn_blocking(move || flotilla_model::publishable_kind(kind, &artifact))
             .await?

@@ -3,11 +3,10 @@
 //! checked against each other into one [`TextConfig`]. It knows nothing of the weights or the
 //! tokenizer: `weights` checks the tensors against this, `tokenize` builds the tokenizer.
 
-use std::path::Path;
-
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::files::Files;
 use crate::{invalid, ModelError};
 
 /// The module type that makes sentence-transformers L2-normalise the pooled vector.
@@ -58,6 +57,8 @@ pub struct TextConfig {
     pub pooling: Pooling,
     /// `modules.json` lists a `Normalize` module.
     pub normalize: bool,
+    /// The pooling module's config, `1_Pooling/config.json` in every export seen so far.
+    pub pooling_file: String,
 }
 
 /// The keys of `config.json` the encoder uses; the others (dropout, architectures) are ignored.
@@ -125,37 +126,44 @@ struct PoolingConfig {
     pooling_mode_lasttoken: bool,
 }
 
-/// Reads `dir/name` as JSON; errors name the file.
-pub(crate) fn read_json<T: DeserializeOwned>(dir: &Path, name: &str) -> Result<T, ModelError> {
-    let bytes = read_file(dir, name)?;
+/// Reads the file `name` as JSON; errors name the file.
+pub(crate) fn read_json<T: DeserializeOwned>(files: &Files, name: &str) -> Result<T, ModelError> {
+    let bytes = files.read(name)?;
     serde_json::from_slice(&bytes).map_err(|e| ModelError::Decode(format!("{name}: {e}")))
-}
-
-pub(crate) fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>, ModelError> {
-    let path = dir.join(name);
-    std::fs::read(&path).map_err(|source| ModelError::Io {
-        path: path.display().to_string(),
-        source,
-    })
 }
 
 impl TextConfig {
     /// Reads and cross-checks the four JSON files of a sentence-transformers directory.
-    pub fn load(dir: &Path) -> Result<TextConfig, ModelError> {
-        let bert: BertConfig = read_json(dir, "config.json")?;
-        let sbert: SentenceBertConfig = read_json(dir, "sentence_bert_config.json")?;
-        let modules: Vec<ModuleEntry> = read_json(dir, "modules.json")?;
+    pub fn load(files: &Files) -> Result<TextConfig, ModelError> {
+        let bert: BertConfig = read_json(files, "config.json")?;
+        let sbert: SentenceBertConfig = read_json(files, "sentence_bert_config.json")?;
+        let modules: Vec<ModuleEntry> = read_json(files, "modules.json")?;
         let (pooling_dir, normalize) = check_modules(&modules)?;
         let pooling_file = format!("{pooling_dir}/config.json");
-        let pooling: PoolingConfig = read_json(dir, &pooling_file)?;
-        TextConfig::from_parts(bert, sbert, normalize, &pooling_file, pooling)
+        let pooling: PoolingConfig = read_json(files, &pooling_file)?;
+        TextConfig::from_parts(bert, sbert, normalize, pooling_file, pooling)
+    }
+
+    /// Every file the encoder reads, by its name in the directory: what an archive of the
+    /// model holds.
+    pub fn files(&self) -> Vec<String> {
+        [
+            "config.json",
+            "sentence_bert_config.json",
+            "modules.json",
+            &self.pooling_file,
+            "tokenizer.json",
+            "model.safetensors",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     fn from_parts(
         bert: BertConfig,
         sbert: SentenceBertConfig,
         normalize: bool,
-        pooling_file: &str,
+        pooling_file: String,
         pooling: PoolingConfig,
     ) -> Result<TextConfig, ModelError> {
         if let Some(t) = bert.model_type.as_deref() {
@@ -268,14 +276,14 @@ impl TextConfig {
             (false, true) => Pooling::Cls,
             (true, true) => {
                 return Err(invalid(
-                    pooling_file,
+                    pooling_file.as_str(),
                     "both pooling_mode_mean_tokens and pooling_mode_cls_token are set \
                      (concatenated poolings are not supported)",
                 ))
             }
             (false, false) => {
                 return Err(invalid(
-                    pooling_file,
+                    pooling_file.as_str(),
                     "neither pooling_mode_mean_tokens nor pooling_mode_cls_token is set",
                 ))
             }
@@ -293,6 +301,7 @@ impl TextConfig {
             do_lower_case: sbert.do_lower_case,
             pooling,
             normalize,
+            pooling_file,
         })
     }
 

@@ -2,15 +2,18 @@
 //! (all-MiniLM-L6-v2 and the like), loaded into a [`TextEncoder`] that turns texts into the
 //! vectors sentence-transformers computes (truncation, mean or CLS pooling, L2 normalisation).
 //!
-//! It does not batch requests or count a queue's tokens: a batcher calls [`TextEncoder::tokenize`]
-//! when a request arrives (to count and bound its tokens), groups texts, then calls
-//! [`TextEncoder::encode_tokens`] on a rayon pool. [`TextEncoder::encode`] does both at once.
+//! It is a [`Backend`] like any other: one input named `input` of dtype
+//! [`DType::String`] and per-row shape `[]`, `outputs` of `[dim]` f32 per text, and each
+//! text's token count as the extra per-row reply field `tokens`. A batcher asks
+//! [`Backend::token_counts`] when a request arrives (to batch and bound its queue by tokens,
+//! not rows); the forward pass itself packs the batch's sequences without padding, so a
+//! batch costs what its tokens cost, whatever their order.
 //!
-//! Not (yet) a [`crate::Backend`]: that trait maps f64 rows to f64 rows, and a text model takes
-//! strings and also reports token counts. Wiring it into [`crate::Model`] needs the seam to
-//! grow an input type; that is left to the request-path rework.
+//! The registry stores a version as one object: [`pack_dir`] makes the deterministic archive
+//! of a directory that [`TextEncoder::from_archive`] reads back ([`files`]).
 //!
 //! # Layout
+//! - [`files`]: where the files come from, a directory or the registry's archive of one.
 //! - [`config`]: the directory's JSON files, cross-checked into [`TextConfig`].
 //! - [`weights`]: `model.safetensors` to checked ndarray weights in the layout the pass uses.
 //! - [`tokenize`]: `tokenizer.json` with sentence-transformers' truncation and no padding.
@@ -18,6 +21,7 @@
 //! - [`ops`]: the kernels (threaded GEMM, layer norm, GELU, softmax).
 
 pub mod config;
+pub mod files;
 pub mod forward;
 pub mod ops;
 pub mod tokenize;
@@ -30,7 +34,9 @@ use ndarray::Array2;
 pub use config::{Pooling, TextConfig};
 pub use tokenize::TokenIds;
 
-use crate::ModelError;
+use crate::tensor::{ComputeError, Computed, DType, Data, Signature, Tensor, TensorSpec};
+use crate::{Backend, Kind, ModelError};
+use files::Files;
 use forward::Encoder;
 use tokenize::TextTokenizer;
 use weights::BertWeights;
@@ -65,21 +71,45 @@ pub struct TextEncoder {
     tokenizer: TextTokenizer,
     /// Ids to vectors.
     encoder: Encoder,
+    /// One string per row in, `[dim]` f32 per row out.
+    signature: Signature,
+}
+
+/// Validates a sentence-transformers directory and packs the files the encoder reads into
+/// the archive the registry stores (deterministic: the same files give the same bytes).
+pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, ModelError> {
+    let config = TextConfig::load(&Files::dir(dir))?;
+    files::pack(dir, &config.files())
 }
 
 impl TextEncoder {
     /// Reads a sentence-transformers directory. Every missing or inconsistent file, tensor or
     /// shape is an error naming the file and the field.
     pub fn load(dir: &Path) -> Result<TextEncoder, ModelError> {
-        let config = TextConfig::load(dir)?;
-        let tokenizer = TextTokenizer::load(dir, &config)?;
-        let bytes = config::read_file(dir, "model.safetensors")?;
+        TextEncoder::from_files(&Files::dir(dir))
+    }
+
+    /// Reads the archive [`pack_dir`] makes (a registry version's bytes).
+    pub fn from_archive(bytes: &[u8]) -> Result<TextEncoder, ModelError> {
+        TextEncoder::from_files(&Files::archive(bytes)?)
+    }
+
+    pub fn from_files(files: &Files) -> Result<TextEncoder, ModelError> {
+        let config = TextConfig::load(files)?;
+        let tokenizer = TextTokenizer::load(files, &config)?;
+        let bytes = files.read("model.safetensors")?;
         let weights = BertWeights::from_safetensors(&bytes, &config)?;
         drop(bytes);
+        let signature = Signature {
+            inputs: vec![TensorSpec::new("input", vec![], DType::String)],
+            output: TensorSpec::new("output", vec![config.hidden_size], DType::F32),
+            labels: None,
+        };
         Ok(TextEncoder {
             encoder: Encoder::new(weights, &config),
             config,
             tokenizer,
+            signature,
         })
     }
 
@@ -167,5 +197,60 @@ impl TextEncoder {
             })
             .sum();
         layer * c.num_layers as u64
+    }
+}
+
+impl Backend for TextEncoder {
+    fn kind(&self) -> Kind {
+        Kind::TextEmbedding
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn compute(&self, inputs: Vec<Tensor>) -> Result<Computed, ComputeError> {
+        let Some(Data::String(texts)) = inputs.into_iter().next().map(|t| t.data) else {
+            return Err(ComputeError::Mismatch(
+                "a text model takes one input of strings".into(),
+            ));
+        };
+        let ids = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                self.tokenize(t)
+                    .map_err(|e| ComputeError::Failed(format!("text {i}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        let Embeddings { vectors, tokens } = self.encode_tokens(&refs);
+        let rows = texts.len();
+        let vectors = if vectors.is_standard_layout() {
+            vectors.into_raw_vec_and_offset().0
+        } else {
+            vectors.iter().copied().collect()
+        };
+        Ok(Computed {
+            outputs: Tensor::new(rows, vec![self.dim()], Data::F32(vectors)),
+            labels: None,
+            extras: vec![(
+                "tokens".into(),
+                Tensor::new(
+                    rows,
+                    vec![],
+                    Data::I64(tokens.into_iter().map(|n| n as i64).collect()),
+                ),
+            )],
+        })
+    }
+
+    fn token_counts(&self, texts: &[String]) -> Option<Result<Vec<usize>, ModelError>> {
+        Some(texts.iter().map(|t| self.tokenize_len(t)).collect())
+    }
+
+    /// Even one short text is millions of multiply-adds: always worth the pool.
+    fn fans_out(&self, _rows: usize) -> bool {
+        true
     }
 }

@@ -3,11 +3,10 @@
 //! all-MiniLM-L6-v2 says truncation 128 and fixed padding to 128; sentence-transformers
 //! overrides both), lowercasing first when `do_lower_case` says so. Owns text to ids only.
 
-use std::path::Path;
-
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use super::config::{read_file, TextConfig};
+use super::config::TextConfig;
+use super::files::Files;
 use crate::{invalid, ModelError};
 
 const FILE: &str = "tokenizer.json";
@@ -24,8 +23,8 @@ pub struct TextTokenizer {
 }
 
 impl TextTokenizer {
-    pub fn load(dir: &Path, config: &TextConfig) -> Result<TextTokenizer, ModelError> {
-        let bytes = read_file(dir, FILE)?;
+    pub fn load(files: &Files, config: &TextConfig) -> Result<TextTokenizer, ModelError> {
+        let bytes = files.read(FILE)?;
         let mut inner = Tokenizer::from_bytes(&bytes)
             .map_err(|e| ModelError::Decode(format!("{FILE}: {e}")))?;
         inner
