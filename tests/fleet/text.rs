@@ -106,6 +106,16 @@ async fn a_directory_is_served_and_matches_sentence_transformers_text_by_text() 
         );
     }
     assert!(worker.metric("flotilla_batch_rows_count{model=\"tiny\"}") >= 2.0);
+
+    // Discovery describes it without calling it: strings in, 32 f32 out per text.
+    let info = nats.request("$SRV.INFO.flotilla", "".into()).await.unwrap();
+    let info: Value = serde_json::from_slice(&info.payload).unwrap();
+    let meta = &info["endpoints"][0]["metadata"];
+    assert_eq!(meta["kind"], "text-embedding", "{info}");
+    assert_eq!(meta["dtype"], "string");
+    assert_eq!(meta["input_shape"], "[-1]");
+    assert_eq!(meta["output_shape"], "[-1,32]");
+    assert_eq!(meta["output_dtype"], "f32");
     worker.stop().await.unwrap();
 }
 
