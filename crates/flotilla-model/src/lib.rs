@@ -195,6 +195,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn fans_out(&self, rows: usize) -> bool {
         rows > ROWS_PER_TASK
     }
+    /// The largest request body whose admission (decoding, checking, counting tokens) stays
+    /// within microseconds, so it may happen on the NATS read loop; larger bodies are admitted
+    /// on the compute pool. Numbers decode at about a byte per nanosecond.
+    fn inline_admit_bytes(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// An artifact checked to be loadable, in the form the registry stores.
@@ -346,6 +352,11 @@ impl Model {
         } else {
             self.compute(inputs)
         }
+    }
+
+    /// See [`Backend::inline_admit_bytes`].
+    pub fn inline_admit_bytes(&self) -> usize {
+        self.backend.inline_admit_bytes()
     }
 
     /// Tokens each text costs, for models counted in tokens ([`Backend::token_counts`]).

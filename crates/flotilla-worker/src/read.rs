@@ -59,7 +59,11 @@ pub(crate) async fn read_loop(
             tracing::debug!(model = %slot.name, "ignoring a message without a reply subject");
             continue;
         };
-        if message.payload.len() <= shared.settings.inline_decode_bytes {
+        let inline = shared
+            .settings
+            .inline_decode_bytes
+            .min(slot.live.load().current.served.model.inline_admit_bytes());
+        if message.payload.len() <= inline {
             let draw = draws.next();
             if let Some(out) = admit(
                 &shared.settings,
@@ -74,7 +78,8 @@ pub(crate) async fn read_loop(
             }
             continue;
         }
-        // A large body would hold up the read loop: decode it on the compute pool. What waits
+        // A large body (or, for a text model, one with more than a few sentences to tokenize)
+        // would hold up the read loop: admit it on the compute pool. What waits
         // to be decoded is bounded in bytes (like the queue is in rows), so a burst of large
         // requests queues up to that bound and only past it is refused.
         let permit = match shared.decoding.reserve(message.payload.len()) {

@@ -249,6 +249,12 @@ impl Backend for TextEncoder {
         Some(texts.iter().map(|t| self.tokenize_len(t)).collect())
     }
 
+    /// Tokenizing costs far more per byte than decoding numbers, so only a few sentences'
+    /// worth of body is admitted on the read loop; more is tokenized on the compute pool.
+    fn inline_admit_bytes(&self) -> usize {
+        1024
+    }
+
     /// Even one short text is millions of multiply-adds: always worth the pool.
     fn fans_out(&self, _rows: usize) -> bool {
         true
