@@ -95,6 +95,9 @@ impl Registry {
     }
 
     /// [`Registry::publish_kind`], telling `progress` how much of the artifact is stored.
+    // `publish_kind`'s parameters plus the callback: the same call with one more argument
+    // reads better than a parameter struct only this form would take.
+    #[allow(clippy::too_many_arguments)]
     pub async fn publish_kind_with_progress(
         &self,
         model: &str,
