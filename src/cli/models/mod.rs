@@ -115,8 +115,8 @@ pub(super) struct FetchArgs {
     /// The version to download [default: the current version].
     #[arg(long)]
     version: Option<u64>,
-    /// Where to write it: a new file for a dense or ONNX version, a new or empty directory for
-    /// a text model. Nothing existing is overwritten.
+    /// Where to write it: a new file for a dense version (MessagePack, as stored) or an ONNX
+    /// version, a new or empty directory for a text model. Nothing existing is overwritten.
     #[arg(long, value_name = "PATH")]
     out: PathBuf,
     /// Accept only versions signed by this public key (hex, or a .pub file from `flotilla
