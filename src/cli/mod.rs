@@ -9,6 +9,7 @@ mod gateway;
 mod load;
 mod models;
 mod predict;
+mod progress;
 mod train;
 mod worker;
 
@@ -51,7 +52,7 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Fit a model on a CSV file and write (or publish) it.
     Train(Box<train::TrainArgs>),
-    /// Inspect and steer the model registry: list, show, history, publish, promote, rollback, canary, keygen.
+    /// Inspect and steer the model registry: list, show, history, publish, fetch, promote, rollback, canary, keygen.
     Models(models::ModelsArgs),
     /// Serve HTTP in front of the fleet: the classic /predict, the NATS body over HTTP, and
     /// the Open Inference Protocol (KServe V2).

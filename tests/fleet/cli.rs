@@ -84,6 +84,71 @@ async fn predict_prints_json_and_fails_on_error_replies() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"two\""));
 }
 
+/// `predict --text`: one block per text, its vector's length, its token count and first values,
+/// the same as the fleet's reply to the same texts.
+#[tokio::test(flavor = "multi_thread")]
+async fn predict_text_prints_each_vectors_length_tokens_and_first_values() {
+    let server = server();
+    let model = flotilla_model::Model::load(&repo_path("models/tiny-bert")).unwrap();
+    let _w = Worker::start(config(&server), vec![("tiny", model)]).await;
+    let url = server.url();
+    let texts = ["a", "b", "a longer text, with punctuation"];
+    let nats = connect(&server).await;
+    let reply = request(
+        &nats,
+        "tiny",
+        &[],
+        serde_json::json!({"inputs": texts}).to_string(),
+    )
+    .await;
+    let want = reply.json();
+    assert_eq!(reply.error_code(), None, "{want}");
+
+    let out = flotilla(&[
+        "predict", "tiny", "--nats", &url, "--text", texts[0], "--text", texts[1], "--text",
+        texts[2],
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1 + 2 * texts.len(), "{stdout}");
+    assert_eq!(
+        lines[0],
+        format!("model tiny version {}", want["version"]),
+        "{stdout}"
+    );
+    let mut token_counts = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let vector = want["outputs"][i].as_array().unwrap();
+        assert_eq!(vector.len(), 32, "tiny-bert's hidden size");
+        let tokens = want["tokens"][i].as_u64().unwrap();
+        token_counts.push(tokens);
+        assert_eq!(
+            lines[1 + 2 * i],
+            format!("{text:?}: 32 values, {tokens} tokens"),
+            "{stdout}"
+        );
+        let first: Vec<String> = vector[..6]
+            .iter()
+            .map(|v| format!("{:.4}", v.as_f64().unwrap()))
+            .collect();
+        assert_eq!(
+            lines[2 + 2 * i],
+            format!("  [{}, ...]", first.join(", ")),
+            "{stdout}"
+        );
+    }
+    // [CLS] a [SEP]: the short texts cost 3 tokens, the long one more.
+    assert_eq!(token_counts[..2], [3, 3], "{stdout}");
+    assert!(token_counts[2] > 3, "{stdout}");
+    assert_ne!(lines[2], lines[4], "a and b get different vectors");
+}
+
 #[tokio::test]
 async fn worker_refuses_bad_flags_with_a_clear_message() {
     let out = flotilla(&["worker", "--model", "iris"]).await;

@@ -10,6 +10,7 @@ mod gateway;
 mod hostile;
 mod load;
 mod models_cli;
+mod models_fetch;
 mod onnx;
 mod onnx_registry;
 mod permissions;

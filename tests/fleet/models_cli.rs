@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::support::*;
 
-async fn flotilla(args: &[&str]) -> Output {
+pub async fn flotilla(args: &[&str]) -> Output {
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args(args)
         .output();
@@ -20,16 +20,16 @@ async fn flotilla(args: &[&str]) -> Output {
 }
 
 /// `flotilla models ARGS --nats URL` against one server.
-struct Models {
+pub struct Models {
     url: String,
 }
 
 impl Models {
-    fn new(server: &NatsServer) -> Models {
+    pub fn new(server: &NatsServer) -> Models {
         Models { url: server.url() }
     }
 
-    async fn run(&self, args: &[&str]) -> Output {
+    pub async fn run(&self, args: &[&str]) -> Output {
         let mut all = vec!["models"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--nats", &self.url]);
@@ -37,12 +37,12 @@ impl Models {
     }
 
     /// Stdout of a command that must succeed.
-    async fn ok(&self, args: &[&str]) -> String {
+    pub async fn ok(&self, args: &[&str]) -> String {
         succeeded(args, self.run(args).await)
     }
 
     /// Stdout of a `--json` command, parsed.
-    async fn json(&self, args: &[&str]) -> Value {
+    pub async fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.push("--json");
         let stdout = self.ok(&all).await;
@@ -50,18 +50,18 @@ impl Models {
     }
 
     /// Stderr of a command that must fail.
-    async fn fails(&self, args: &[&str]) -> String {
+    pub async fn fails(&self, args: &[&str]) -> String {
         failed(args, self.run(args).await)
     }
 }
 
-fn succeeded(args: &[&str], out: Output) -> String {
+pub fn succeeded(args: &[&str], out: Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{args:?} failed: {stderr}");
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn failed(args: &[&str], out: Output) -> String {
+pub fn failed(args: &[&str], out: Output) -> String {
     assert!(
         !out.status.success(),
         "{args:?} succeeded: {}",
@@ -72,11 +72,11 @@ fn failed(args: &[&str], out: Output) -> String {
     stderr
 }
 
-fn iris() -> String {
+pub fn iris() -> String {
     repo_path("models/iris.json").display().to_string()
 }
 
-fn path(p: &Path) -> &str {
+pub fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 

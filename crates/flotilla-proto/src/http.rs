@@ -12,3 +12,5 @@ pub const INPUT_TENSOR: &str = "input";
 pub const OUTPUT_TENSOR: &str = "output";
 /// A classifier's predicted labels (the reply's `labels`), a BYTES tensor.
 pub const LABEL_TENSOR: &str = "label";
+/// A text model's token count per text (the reply's `tokens`), an INT64 tensor.
+pub const TOKENS_TENSOR: &str = "tokens";

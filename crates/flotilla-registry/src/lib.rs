@@ -6,7 +6,8 @@
 //! silently undoes a publish. Workers watch the key-value bucket and fetch what a manifest
 //! points at through [`Registry::load`], which checks the size, SHA-256 and (when keys are
 //! trusted) the signature, and hands back bytes. The registry stores and verifies bytes; it
-//! never parses a model, so it knows nothing of model formats or forward passes.
+//! never parses a model, so it knows nothing of model formats or forward passes. Uploads and
+//! downloads can report their progress (`transfer`), for a command line to show.
 //!
 //! Works on nats-server 2.9 and newer: the key-value bucket's stream is created directly,
 //! since async-nats' `create_key_value` cannot parse 2.9's account info.
@@ -16,22 +17,20 @@ mod config;
 mod error;
 pub mod manifest;
 pub mod signing;
+mod transfer;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, object_store, stream};
-use ed25519_dalek::{SigningKey, VerifyingKey};
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 
 pub use buckets::BucketStatus;
 use buckets::{ensure_stream, stream_error, stream_not_found, PERMISSION_HINT};
 pub use config::RegistryConfig;
 pub use error::RegistryError;
 pub use manifest::{primary_metric, Canary, Manifest, ManifestError, Promote, VersionInfo};
+pub use transfer::Progress;
 
 use flotilla_proto::validate_model_name;
 
@@ -233,86 +232,6 @@ impl Registry {
         }
     }
 
-    /// Publishes a dense artifact as the model's next version; see [`Registry::publish_kind`].
-    pub async fn publish(
-        &self,
-        model: &str,
-        artifact: &[u8],
-        metrics: BTreeMap<String, f64>,
-        signing_key: Option<&SigningKey>,
-        promote: Promote,
-    ) -> Result<Published, RegistryError> {
-        self.publish_kind(
-            model,
-            manifest::DEFAULT_KIND,
-            artifact,
-            metrics,
-            signing_key,
-            promote,
-        )
-        .await
-    }
-
-    /// Publishes an artifact of `kind` as the model's next version. The caller has checked
-    /// that a worker can load it (see `flotilla_model::publishable`): the registry stores
-    /// bytes and the kind's name.
-    pub async fn publish_kind(
-        &self,
-        model: &str,
-        kind: &str,
-        artifact: &[u8],
-        metrics: BTreeMap<String, f64>,
-        signing_key: Option<&SigningKey>,
-        promote: Promote,
-    ) -> Result<Published, RegistryError> {
-        validate_model_name(model).map_err(RegistryError::ModelName)?;
-        let publish_error = |message: String| RegistryError::Publish {
-            model: model.into(),
-            message,
-        };
-        if artifact.len() as u64 > self.max_artifact_bytes {
-            return Err(publish_error(format!(
-                "the artifact is {} bytes, over max_artifact_bytes ({}); raise the limit in [registry] if this is intended",
-                artifact.len(),
-                self.max_artifact_bytes
-            )));
-        }
-        let sha256 = signing::to_hex(&Sha256::digest(artifact));
-        let (signature, signer) = match signing_key {
-            Some(key) => {
-                let (s, k) = signing::sign(key, model, &sha256);
-                (Some(s), Some(k))
-            }
-            None => (None, None),
-        };
-        // A name unique to this attempt: two publishers racing for a version number never
-        // write the same object, and the loser's object is simply never referenced.
-        let object = format!("{model}/{}", nuid::next());
-        self.objects
-            .put(object.as_str(), &mut &artifact[..])
-            .await
-            .map_err(|e| publish_error(format!("storing the artifact: {e}")))?;
-        let info = VersionInfo {
-            kind: kind.to_owned(),
-            object,
-            sha256: sha256.clone(),
-            size: artifact.len() as u64,
-            signature,
-            signer,
-            metrics,
-            created: now_rfc3339(),
-        };
-        let (version, promoted, reason) = self
-            .update(model, true, |m| Ok(m.add_version(info.clone(), promote)))
-            .await?;
-        Ok(Published {
-            version,
-            promoted,
-            reason,
-            sha256,
-        })
-    }
-
     /// Applies `change` to the model's manifest by compare-and-swap, retrying on conflict.
     /// `create` allows a model without a manifest (publishing its first version).
     pub async fn update<T>(
@@ -407,87 +326,6 @@ impl Registry {
             model: model.into(),
             attempts: CAS_ATTEMPTS,
         })
-    }
-
-    /// Downloads and verifies one version's artifact: its size against the manifest and
-    /// `max_artifact_bytes` before a byte is read, then the bytes through SHA-256 as they
-    /// arrive (never more than the manifest declared), then the signature when keys are
-    /// trusted. Returns the verified bytes; building a model from them is the caller's job.
-    pub async fn load(
-        &self,
-        model: &str,
-        version: u64,
-        info: &VersionInfo,
-        trusted: &[VerifyingKey],
-    ) -> Result<Vec<u8>, RegistryError> {
-        let download = |message: String| RegistryError::Download {
-            model: model.into(),
-            version,
-            object: info.object.clone(),
-            message,
-        };
-        if info.size > self.max_artifact_bytes {
-            return Err(RegistryError::TooLarge {
-                model: model.into(),
-                version,
-                size: info.size,
-                limit: self.max_artifact_bytes,
-            });
-        }
-        let mut object = self
-            .objects
-            .get(&info.object)
-            .await
-            .map_err(|e| download(e.to_string()))?;
-        let declared = info.size as usize;
-        // Grown by what arrives, never reserved from what the manifest claims.
-        let mut bytes = Vec::new();
-        let mut hasher = Sha256::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let n = object
-                .read(&mut chunk)
-                .await
-                .map_err(|e| download(e.to_string()))?;
-            if n == 0 {
-                break;
-            }
-            if bytes.len() + n > declared {
-                return Err(RegistryError::Size {
-                    model: model.into(),
-                    version,
-                    expected: info.size,
-                    actual: format!("more than {}", info.size),
-                });
-            }
-            hasher.update(&chunk[..n]);
-            bytes.extend_from_slice(&chunk[..n]);
-        }
-        if bytes.len() != declared {
-            return Err(RegistryError::Size {
-                model: model.into(),
-                version,
-                expected: info.size,
-                actual: bytes.len().to_string(),
-            });
-        }
-        let actual = signing::to_hex(&hasher.finalize());
-        if actual != info.sha256 {
-            return Err(RegistryError::Checksum {
-                model: model.into(),
-                version,
-                expected: info.sha256.clone(),
-                actual,
-            });
-        }
-        signing::verify(
-            trusted,
-            model,
-            version,
-            &info.sha256,
-            info.signature.as_deref(),
-        )?;
-        Ok(bytes)
     }
 
     /// The model's manifest revisions the bucket still keeps (up to `history`), oldest first.

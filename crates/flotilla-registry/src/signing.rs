@@ -112,7 +112,7 @@ pub fn verify(
     }
     let Some(signature) = signature else {
         return Err(SigningError::Untrusted(format!(
-            "model {model:?} version {version} is unsigned and this worker trusts only signed versions"
+            "model {model:?} version {version} is unsigned, and with trusted keys configured only signed versions are accepted"
         )));
     };
     let bytes = from_hex::<64>(signature, "signature")?;

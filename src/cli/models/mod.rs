@@ -8,9 +8,11 @@
 //!
 //! - `inspect`: list, show, history.
 //! - `steer`: publish, promote, rollback, canary.
+//! - `fetch`: one version downloaded, verified and written to disk.
 //! - `keys`: keygen.
 //! - `format`: version states, tables and the short forms of hashes, sizes and times.
 
+mod fetch;
 mod format;
 mod inspect;
 mod keys;
@@ -46,6 +48,9 @@ enum ModelsCommand {
     History(NamedArgs),
     /// Publish an artifact (dense, ONNX or a text model's directory) as the model's next version.
     Publish(PublishArgs),
+    /// Download a version (the current one by default), verified as a worker verifies it, into
+    /// a file (dense, ONNX) or a new directory (a text model's files).
+    Fetch(FetchArgs),
     /// Make a version current.
     Promote(PromoteArgs),
     /// Make the previous current version (or --to VERSION) current again.
@@ -99,6 +104,25 @@ pub(super) struct PublishArgs {
     /// current version's, always, or never.
     #[arg(long, default_value = "if-better", value_parser = super::promote_parser())]
     promote: Promote,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct FetchArgs {
+    /// Model name.
+    model: String,
+    /// The version to download [default: the current version].
+    #[arg(long)]
+    version: Option<u64>,
+    /// Where to write it: a new file for a dense version (MessagePack, as stored) or an ONNX
+    /// version, a new or empty directory for a text model. Nothing existing is overwritten.
+    #[arg(long, value_name = "PATH")]
+    out: PathBuf,
+    /// Accept only versions signed by this public key (hex, or a .pub file from `flotilla
+    /// models keygen`), on top of registry.trusted_keys; repeatable.
+    #[arg(long = "trusted-key", value_name = "KEY")]
+    trusted_keys: Vec<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -166,6 +190,7 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
         ModelsCommand::Show(a) => inspect::show(a).await?,
         ModelsCommand::History(a) => inspect::history(a).await?,
         ModelsCommand::Publish(a) => steer::publish(a).await?,
+        ModelsCommand::Fetch(a) => fetch::fetch(a).await?,
         ModelsCommand::Promote(a) => steer::promote(a).await?,
         ModelsCommand::Rollback(a) => steer::rollback(a).await?,
         ModelsCommand::Canary(a) => steer::canary(a).await?,

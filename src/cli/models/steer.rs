@@ -6,6 +6,7 @@ use flotilla_registry::{signing, Canary, Manifest};
 use serde::Serialize;
 
 use super::format::*;
+use crate::cli::progress::Transfer;
 use std::process::ExitCode;
 
 use flotilla_model::Kind;
@@ -48,16 +49,20 @@ pub(super) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             .await?
             .with_context(|| format!("publishing model {:?}", args.model))?;
     let registry = args.common.registry().await?;
+    let total = checked.bytes.len() as u64;
+    let shown = Transfer::new(format!("uploading {}", args.model), total);
     let published = registry
-        .publish_kind(
+        .publish_kind_with_progress(
             &args.model,
             kind.as_str(),
             &checked.bytes,
             checked.metrics,
             key.as_ref(),
             args.promote,
+            &|done, total| shown.update(done, total),
         )
         .await?;
+    drop(shown);
     let output = PublishOutput {
         model: args.model,
         version: published.version,

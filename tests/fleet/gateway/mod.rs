@@ -6,11 +6,13 @@
 //! - `oip`: the Open Inference Protocol routes, JSON and binary tensors, metadata, readiness.
 //! - `security`: bearer tokens, TLS, shutdown under load, metrics, the `flotilla gateway` process.
 //! - `python`: `scripts/check_tritonclient.py` (tritonclient.http) against a live gateway.
+//! - `text`: a text-embedding model (tiny-bert) through the native route and KServe V2.
 
 mod native;
 mod oip;
 mod python;
 mod security;
+mod text;
 
 use std::time::Duration;
 

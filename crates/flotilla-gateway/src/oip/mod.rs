@@ -24,7 +24,7 @@ use crate::fleet::{ModelInfo, Presence};
 use crate::native::body_bytes;
 use crate::upstream::{budget, model_name, Call};
 use crate::App;
-use output::{FleetReply, INPUT, LABEL, OUTPUT};
+use output::{FleetReply, INPUT, LABEL, OUTPUT, TOKENS};
 use tensor::{decode_request, predict_body, Datatype, Values};
 
 /// `{model}` and, on the `/versions/{version}` routes, `{version}`.
@@ -137,6 +137,13 @@ pub async fn model_metadata(
             shape: vec![-1],
         });
     }
+    if input == Datatype::Bytes {
+        outputs.push(TensorMeta {
+            name: TOKENS,
+            datatype: "INT64",
+            shape: vec![-1],
+        });
+    }
     let default_shape = match input {
         Datatype::Bytes => vec![-1],
         _ => vec![-1, -1],
@@ -216,10 +223,10 @@ pub async fn infer(
         .outputs
         .iter()
         .flatten()
-        .find(|(name, _)| name != OUTPUT && name != LABEL)
+        .find(|(name, _)| ![OUTPUT, LABEL, TOKENS].contains(&name.as_str()))
     {
         return Err(ApiError::bad_request(format!(
-            "model \"{model}\" has no output named {:?}; its outputs are {OUTPUT:?} and, for classifiers, {LABEL:?}",
+            "model \"{model}\" has no output named {:?}; its outputs are {OUTPUT:?}, {LABEL:?} for classifiers and {TOKENS:?} for text models",
             unknown.0
         ))
         .into());
@@ -244,8 +251,13 @@ pub async fn infer(
             .iter()
             .map(|(name, binary)| {
                 let tensor = tensors.iter().find(|t| &t.name == name).ok_or_else(|| {
+                    let not = if name == TOKENS {
+                        "a text model"
+                    } else {
+                        "a classifier"
+                    };
                     ApiError::bad_request(format!(
-                        "model \"{model}\" has no output {name:?}: it is not a classifier"
+                        "model \"{model}\" has no output {name:?}: it is not {not}"
                     ))
                 })?;
                 Ok((tensor, *binary))

@@ -1,6 +1,7 @@
 //! The fleet's reply as Open Inference Protocol output tensors: `outputs` (rows of numbers,
-//! each row possibly nested) becomes the tensor `output` of shape `[rows, ...per row]`, and a
-//! classifier's `labels` the BYTES tensor `label` of shape `[rows]`. Each output is written as
+//! each row possibly nested) becomes the tensor `output` of shape `[rows, ...per row]`, a
+//! classifier's `labels` the BYTES tensor `label` of shape `[rows]`, and a text model's
+//! `tokens` the INT64 tensor `tokens` of shape `[rows]`. Each output is written as
 //! JSON `data`, or as a blob after the JSON header (the binary tensor data extension).
 
 use std::fmt;
@@ -14,7 +15,7 @@ use super::tensor::{Datatype, Tensor, Values};
 use crate::error::{ApiError, ErrorKind};
 
 pub use flotilla_proto::http::{
-    INPUT_TENSOR as INPUT, LABEL_TENSOR as LABEL, OUTPUT_TENSOR as OUTPUT,
+    INPUT_TENSOR as INPUT, LABEL_TENSOR as LABEL, OUTPUT_TENSOR as OUTPUT, TOKENS_TENSOR as TOKENS,
 };
 
 /// A successful reply body from the fleet, as far as the gateway reads it.
@@ -23,6 +24,9 @@ pub struct FleetReply {
     pub outputs: Nested,
     #[serde(default)]
     pub labels: Option<Vec<Label>>,
+    /// A text model's token count per text.
+    #[serde(default)]
+    pub tokens: Option<Vec<i64>>,
     #[serde(default)]
     pub version: Option<u64>,
 }
@@ -79,6 +83,22 @@ impl FleetReply {
                 name: LABEL.into(),
                 shape: vec![labels.len()],
                 values: Values::Bytes(labels.iter().map(|l| Bytes::from(l.to_string())).collect()),
+            });
+        }
+        if let Some(tokens) = self.tokens {
+            if tokens.len() != rows {
+                return Err(ApiError::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "the fleet sent {} token counts for {rows} rows",
+                        tokens.len()
+                    ),
+                ));
+            }
+            out.push(Tensor {
+                name: TOKENS.into(),
+                shape: vec![tokens.len()],
+                values: Values::I64(tokens),
             });
         }
         Ok(out)
@@ -210,7 +230,7 @@ pub fn write_response(
         };
         headers.push(OutputHeader {
             name: &tensor.name,
-            datatype: tensor.values.datatype().as_str(),
+            datatype: tensor.values.datatype_name(),
             shape: &tensor.shape,
             parameters,
             data,
@@ -252,6 +272,7 @@ impl Serialize for Data<'_> {
         match self.0 {
             Values::F32(v) => s.collect_seq(v),
             Values::F64(v) => s.collect_seq(v),
+            Values::I64(v) => s.collect_seq(v),
             Values::Bytes(v) => s.collect_seq(v.iter().map(|b| String::from_utf8_lossy(b))),
         }
     }
@@ -276,6 +297,25 @@ mod tests {
             reply.tensors(Datatype::Fp32).is_err(),
             "ragged outputs are refused"
         );
+    }
+
+    #[test]
+    fn a_text_models_tokens_become_an_int64_tensor() {
+        let reply: FleetReply = serde_json::from_str(
+            r#"{"outputs": [[0.6, 0.8], [1, 0]], "tokens": [3, 5], "model": "m", "version": 1}"#,
+        )
+        .unwrap();
+        let tensors = reply.tensors(Datatype::Fp32).unwrap();
+        assert_eq!(tensors[1].name, TOKENS);
+        assert_eq!(tensors[1].shape, vec![2]);
+        assert_eq!(tensors[1].values, Values::I64(vec![3, 5]));
+        assert_eq!(tensors[1].values.datatype_name(), "INT64");
+        let mut blob = BytesMut::new();
+        tensors[1].values.write_binary(&mut blob);
+        assert_eq!(&blob[..8], &3i64.to_le_bytes());
+        let short: FleetReply =
+            serde_json::from_str(r#"{"outputs": [[0.6, 0.8], [1, 0]], "tokens": [3]}"#).unwrap();
+        assert!(short.tensors(Datatype::Fp32).is_err(), "a count per row");
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub enum Values {
     F32(Vec<f32>),
     F64(Vec<f64>),
     Bytes(Vec<Bytes>),
+    /// Outputs only (a text model's token counts): no input is integer-typed.
+    I64(Vec<i64>),
 }
 
 impl Values {
@@ -58,14 +60,17 @@ impl Values {
             Values::F32(v) => v.len(),
             Values::F64(v) => v.len(),
             Values::Bytes(v) => v.len(),
+            Values::I64(v) => v.len(),
         }
     }
 
-    pub fn datatype(&self) -> Datatype {
+    /// The Open Inference Protocol name of the values' type.
+    pub fn datatype_name(&self) -> &'static str {
         match self {
-            Values::F32(_) => Datatype::Fp32,
-            Values::F64(_) => Datatype::Fp64,
-            Values::Bytes(_) => Datatype::Bytes,
+            Values::F32(_) => Datatype::Fp32.as_str(),
+            Values::F64(_) => Datatype::Fp64.as_str(),
+            Values::Bytes(_) => Datatype::Bytes.as_str(),
+            Values::I64(_) => "INT64",
         }
     }
 
@@ -75,6 +80,7 @@ impl Values {
         match self {
             Values::F32(v) => v.iter().for_each(|x| out.put_f32_le(*x)),
             Values::F64(v) => v.iter().for_each(|x| out.put_f64_le(*x)),
+            Values::I64(v) => v.iter().for_each(|x| out.put_i64_le(*x)),
             Values::Bytes(v) => v.iter().for_each(|b| {
                 out.put_u32_le(b.len() as u32);
                 out.put_slice(b);
@@ -448,6 +454,7 @@ impl Serialize for Rows<'_> {
         match &self.0.values {
             Values::F32(v) => s.collect_seq(v.chunks(width)),
             Values::F64(v) => s.collect_seq(v.chunks(width)),
+            Values::I64(v) => s.collect_seq(v.chunks(width)),
             Values::Bytes(v) if width == 1 => s.collect_seq(v.iter().map(Text)),
             Values::Bytes(v) => s.collect_seq(v.chunks(width).map(TextRow)),
         }
