@@ -137,13 +137,6 @@ pub async fn model_metadata(
             shape: vec![-1],
         });
     }
-    if input == Datatype::Bytes {
-        outputs.push(TensorMeta {
-            name: TOKENS,
-            datatype: "INT64",
-            shape: vec![-1],
-        });
-    }
     let default_shape = match input {
         Datatype::Bytes => vec![-1],
         _ => vec![-1, -1],
@@ -246,7 +239,13 @@ pub async fn infer(
     let served_version = answer.version.or(reply.version);
     let tensors = reply.tensors(datatype)?;
     let selected = match &request.outputs {
-        None => tensors.iter().map(|t| (t, request.binary_output)).collect(),
+        // The protocol gives a text model one output, `output`: its token counts are sent
+        // only to a caller who asks for the `tokens` output by name.
+        None => tensors
+            .iter()
+            .filter(|t| t.name != TOKENS)
+            .map(|t| (t, request.binary_output))
+            .collect(),
         Some(wanted) => wanted
             .iter()
             .map(|(name, binary)| {
