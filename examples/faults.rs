@@ -291,8 +291,11 @@ async fn connect(urls: &str) -> anyhow::Result<async_nats::Client> {
         .split(',')
         .map(|u| u.parse())
         .collect::<Result<_, _>>()?;
+    // The reconnection backoff flotilla's own clients use (`NatsConfig::connect`), so "a
+    // client that stayed connected" measures what a flotilla client sees.
     Ok(async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_millis(500))
+        .reconnect_delay_callback(flotilla_proto::connect::reconnect_delay)
         .retry_on_initial_connect()
         .connect(servers)
         .await?)
