@@ -64,6 +64,9 @@ pub struct Registry {
     kv_bucket: Arc<str>,
     /// The largest artifact published or loaded.
     max_artifact_bytes: u64,
+    /// How long a download may make no progress: each step (finding the object, each chunk)
+    /// must finish within it.
+    download_stall: Duration,
 }
 
 const CAS_ATTEMPTS: usize = 50;
@@ -183,6 +186,7 @@ impl Registry {
             objects,
             kv_bucket: config.kv_bucket.as_str().into(),
             max_artifact_bytes: config.max_artifact_bytes,
+            download_stall: Duration::from_secs(config.download_stall_secs.max(1)),
         };
         Ok((registry, vec![kv_status, objects_status]))
     }
@@ -434,10 +438,14 @@ impl Registry {
                 limit: self.max_artifact_bytes,
             });
         }
-        let mut object = self
-            .objects
-            .get(&info.object)
+        // Each step must make progress within `download_stall`, so the time allowed grows
+        // with the artifact, chunk by chunk, while a dead node costs seconds, not async-nats'
+        // 10 s per request (issue 8: a follower retried a lost node's download every 10 s).
+        let stall = self.download_stall;
+        let stalled = |what: &str| download(format!("nothing received for {stall:?} while {what}"));
+        let mut object = tokio::time::timeout(stall, self.objects.get(&info.object))
             .await
+            .map_err(|_| stalled("looking up the object"))?
             .map_err(|e| download(e.to_string()))?;
         let declared = info.size as usize;
         // Grown by what arrives, never reserved from what the manifest claims.
@@ -445,9 +453,9 @@ impl Registry {
         let mut hasher = Sha256::new();
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
-            let n = object
-                .read(&mut chunk)
+            let n = tokio::time::timeout(stall, object.read(&mut chunk))
                 .await
+                .map_err(|_| stalled(&format!("reading it after {} bytes", bytes.len())))?
                 .map_err(|e| download(e.to_string()))?;
             if n == 0 {
                 break;
