@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 pub use buckets::BucketStatus;
-use buckets::{ensure_stream, stream_error, stream_not_found, PERMISSION_HINT};
+use buckets::{api_failure, ensure_stream, stream_error, stream_not_found};
 pub use config::RegistryConfig;
 pub use error::RegistryError;
 pub use manifest::{primary_metric, Canary, Manifest, ManifestError, Promote, VersionInfo};
@@ -120,7 +120,10 @@ impl Registry {
             Err(e) => {
                 return Err(RegistryError::Bucket {
                     bucket: config.kv_bucket.clone(),
-                    message: format!("asking the server about JetStream: {e}{}", PERMISSION_HINT),
+                    message: format!(
+                        "asking the server about JetStream: {}",
+                        api_failure("$JS.API.INFO", &e, true)
+                    ),
                 })
             }
             Ok(_) => {}
