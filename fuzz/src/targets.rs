@@ -76,12 +76,13 @@ fn request(encoding: Encoding, body: &[u8]) -> bool {
                     "input {name:?}: {} rows",
                     tensor.rows
                 );
-                // Not checked yet: that `values` exactly fill `rows` x `row_shape`. The first
-                // run of that check after the v1.1 decoder landed found a decoded request
-                // where they did not (seed 0x5eed, input 12247 of request-json); the worker
-                // compares every input with the model's signature before computing, and a
-                // batch that fails computes its requests alone, so it costs a 400 or a 500,
-                // not a worker. To investigate: see the closing note of issue 8.
+                // Found by this check (seed 0x5eed, input 12247): `[[], 5]` decoded as two
+                // rows holding one value. Fixed in the decoder (request::nested).
+                assert_eq!(
+                    tensor.values.len(),
+                    tensor.rows * tensor.row_len(),
+                    "input {name:?}: values do not fill its rows"
+                );
                 if let flotilla_proto::request::Values::F64(values) = &tensor.values {
                     assert!(values.iter().all(|v| v.is_finite()), "non-finite value");
                 }

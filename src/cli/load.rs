@@ -193,22 +193,44 @@ pub async fn start_echo(
     }))
 }
 
-/// Asks the fleet, through the services API, how many features `model` takes.
+/// Asks the fleet, through the services API, how many features `model` takes: the first
+/// worker that reports serving it answers, within 2 s. Every worker answers `$SRV.STATS`, and
+/// the first answer may come from one that does not serve `model` (it used to be the only
+/// one read, so with workers serving different models discovery failed at random).
 pub async fn discover_features(nats: &async_nats::Client, model: &str) -> Option<usize> {
-    let reply = tokio::time::timeout(
-        Duration::from_secs(2),
-        nats.request(stats_subject(), "".into()),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let stats: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+    let mut replies = ask_stats(nats).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            return None;
+        }
+        let inputs = endpoint_stats(&m.payload, model).and_then(|e| e["inputs"].as_u64());
+        if let Some(n) = inputs {
+            return Some(n as usize);
+        }
+    }
+    None
+}
+
+/// Sends one `$SRV.STATS.flotilla` request; its answers, one per worker, arrive on the
+/// returned subscription.
+async fn ask_stats(nats: &async_nats::Client) -> Option<async_nats::Subscriber> {
+    let inbox = nats.new_inbox();
+    let replies = nats.subscribe(inbox.clone()).await.ok()?;
+    nats.publish_with_reply(stats_subject(), inbox, "".into())
+        .await
+        .ok()?;
+    Some(replies)
+}
+
+/// The `data` a worker's stats answer holds for `model`, if it serves it.
+fn endpoint_stats(payload: &[u8], model: &str) -> Option<serde_json::Value> {
+    let stats: serde_json::Value = serde_json::from_slice(payload).ok()?;
     stats["endpoints"]
         .as_array()?
         .iter()
-        .find(|e| e["name"] == model)?["data"]["inputs"]
-        .as_u64()
-        .map(|n| n as usize)
+        .find(|e| e["name"] == model)
+        .map(|e| e["data"].clone())
 }
 
 /// The median of some numbers (NaN for none).
@@ -272,26 +294,13 @@ pub async fn fleet_versions(
     model: &str,
     window: Duration,
 ) -> Vec<Option<u64>> {
-    let inbox = nats.new_inbox();
-    let Ok(mut replies) = nats.subscribe(inbox.clone()).await else {
+    let Some(mut replies) = ask_stats(nats).await else {
         return Vec::new();
     };
-    if nats
-        .publish_with_reply(stats_subject(), inbox, "".into())
-        .await
-        .is_err()
-    {
-        return Vec::new();
-    }
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + window;
     while let Ok(Some(m)) = tokio::time::timeout_at(deadline, replies.next()).await {
-        let stats: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-        let version = stats["endpoints"]
-            .as_array()
-            .and_then(|e| e.iter().find(|e| e["name"] == model))
-            .and_then(|e| e["data"]["version"].as_u64());
-        out.push(version);
+        out.push(endpoint_stats(&m.payload, model).and_then(|e| e["version"].as_u64()));
     }
     out
 }

@@ -418,3 +418,31 @@ async fn bench_runs_over_several_connections_with_a_payload_file() {
     assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");
 }
+
+/// `flotilla bench` without `--features` asks the fleet how many features the model takes; it
+/// read only the first `$SRV.STATS` answer, so with workers serving different models it failed
+/// whenever another model's worker answered first (about half the runs here).
+#[tokio::test]
+async fn bench_discovers_features_from_any_worker() {
+    let server = server();
+    let _iris = Worker::start(config(&server), vec![("iris", example_model("iris"))]).await;
+    let _mlp = Worker::start(config(&server), vec![("mlp", example_model("mlp"))]).await;
+    for model in ["iris", "mlp", "iris", "mlp", "iris", "mlp"] {
+        let out = flotilla(&[
+            "bench",
+            "--model",
+            model,
+            "--nats",
+            &server.url(),
+            "--duration",
+            "0.1",
+            "--json",
+        ])
+        .await;
+        assert!(
+            out.status.success(),
+            "bench --model {model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -263,7 +263,6 @@ async fn a_client_on_the_shared_inbox_is_refused() {
 
 /// Issue 8, item 9: a user that may not ask for stream info gets an error that says
 /// permission, not "timed out", and the registry does not go on to try creating the stream.
-#[ignore = "the denial reaches the client only as an async -ERR event, not on the request; Registry::open now names the subject and says permissions may be why, but cannot yet tell a denial from a timeout (issue 8 item 9, left open)"]
 #[tokio::test]
 async fn a_denied_stream_info_is_reported_as_such_and_creates_nothing() {
     let no_info = r#"

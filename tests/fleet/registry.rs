@@ -146,3 +146,50 @@ async fn a_server_without_jetstream_gets_a_clear_error_and_file_workers_still_se
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Issue 8, cluster node loss: a download from a node that stopped answering waited
+/// async-nats' 10 s per request (then panicked inside its object store) before a retry could
+/// go elsewhere. Each step of a download now gets `download_stall_secs`, and says it stalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_download_is_abandoned_after_the_stall_limit() {
+    let mut server = server();
+    let config = RegistryConfig {
+        download_stall_secs: 1,
+        ..RegistryConfig::default()
+    };
+    let registry = Registry::open(connect(&server).await, &config)
+        .await
+        .unwrap();
+    registry
+        .publish("iris", &iris_bytes(), metrics(0.9), None, Promote::Always)
+        .await
+        .unwrap();
+    let (manifest, _) = registry.require("iris").await.unwrap();
+    let info = &manifest.versions[&1];
+    // The server is gone: nothing will answer until it is back.
+    server.kill();
+    let err = tokio::time::timeout(WAIT, registry.load("iris", 1, info, &[]))
+        .await
+        .expect("the download came back")
+        .expect_err("nothing can be downloaded from a dead server");
+    assert!(
+        matches!(&err, RegistryError::Download { message, .. } if message.contains("nothing received for 1s")),
+        "{err}"
+    );
+    // The same handle downloads again once the server is back.
+    tokio::task::block_in_place(|| server.start_again()).unwrap();
+    let bytes = tokio::time::timeout(WAIT, async {
+        loop {
+            match registry.load("iris", 1, info, &[]).await {
+                Ok(bytes) => return bytes,
+                Err(RegistryError::Download { .. }) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("downloaded once the server was back");
+    assert_eq!(bytes, iris_bytes());
+}

@@ -28,12 +28,47 @@ impl BucketStatus {
     }
 }
 
-/// Said when a JetStream API call gets no answer: a NATS user without permission for the
-/// subject gets none (the server drops the request and logs a permissions violation).
+/// Said when a JetStream API call gets no answer and no refusal was seen: a user without
+/// permission for the subject normally gets a refusal at once ([`denied`]), but the server
+/// may drop a request without one (a denied reply subject on some servers).
 pub(crate) const PERMISSION_HINT: &str =
     "; if this NATS user may not use that JetStream API subject the \
-     server drops the request, so also check its permissions (see docs/operations.md) and this \
-     process's log for a permissions violation";
+     server may drop the request, so also check its permissions (see docs/operations.md) and \
+     this process's log for a permissions violation";
+
+/// The server's refusal to publish a request (a permissions violation), when that is what
+/// `e` or anything that caused it is. The vendored async-nats fails such a request at once
+/// with [`async_nats::PermissionDenied`] instead of letting it time out.
+pub(crate) fn denied<'e>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e async_nats::PermissionDenied> {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(denied) = err.downcast_ref() {
+            return Some(denied);
+        }
+        cause = err.source();
+    }
+    None
+}
+
+/// Why a JetStream API request on `subject` failed: a refusal said as one, anything else as
+/// `e` says, with [`PERMISSION_HINT`] when `hint` (no answer came).
+pub(crate) fn api_failure(
+    subject: &str,
+    e: &(dyn std::error::Error + 'static),
+    hint: bool,
+) -> String {
+    match denied(e) {
+        Some(d) => format!(
+            "permission denied: this NATS user may not publish to {subject} (the server said: {}); \
+             see docs/operations.md for what each role needs",
+            d.server_error()
+        ),
+        None if hint => format!("{e}{PERMISSION_HINT}"),
+        None => e.to_string(),
+    }
+}
 
 pub(crate) fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(
@@ -50,14 +85,13 @@ pub(crate) fn stream_error(
     stream_name: &str,
     e: jetstream::context::GetStreamError,
 ) -> RegistryError {
-    let hint = match e.kind() {
-        jetstream::context::GetStreamErrorKind::Request => PERMISSION_HINT,
-        _ => "",
-    };
+    let subject = format!("$JS.API.STREAM.INFO.{stream_name}");
+    let hint = matches!(e.kind(), jetstream::context::GetStreamErrorKind::Request);
     RegistryError::Bucket {
         bucket: bucket.to_owned(),
         message: format!(
-            "looking up stream {stream_name} ($JS.API.STREAM.INFO.{stream_name}): {e}{hint}"
+            "looking up stream {stream_name} ({subject}): {}",
+            api_failure(&subject, &e, hint)
         ),
     }
 }

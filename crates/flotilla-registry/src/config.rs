@@ -26,6 +26,10 @@ pub struct RegistryConfig {
     /// The largest artifact (bytes) published or loaded; a manifest declaring more is
     /// refused before anything is downloaded.
     pub max_artifact_bytes: u64,
+    /// Seconds a download may go without receiving anything before the attempt is abandoned
+    /// (and retried by a worker). async-nats' own limit is 10 s per request, and an attempt
+    /// against a dead cluster node waited that long each time.
+    pub download_stall_secs: u64,
 }
 
 impl Default for RegistryConfig {
@@ -38,6 +42,7 @@ impl Default for RegistryConfig {
             keep_versions: 2,
             trusted_keys: Vec::new(),
             max_artifact_bytes: 512 * 1024 * 1024,
+            download_stall_secs: 3,
         }
     }
 }

@@ -26,7 +26,7 @@ use async_nats::jetstream::{self, kv, object_store, stream};
 use futures::StreamExt;
 
 pub use buckets::BucketStatus;
-use buckets::{ensure_stream, stream_error, stream_not_found, PERMISSION_HINT};
+use buckets::{api_failure, ensure_stream, stream_error, stream_not_found};
 pub use config::RegistryConfig;
 pub use error::RegistryError;
 pub use manifest::{primary_metric, Canary, Manifest, ManifestError, Promote, VersionInfo};
@@ -63,6 +63,9 @@ pub struct Registry {
     kv_bucket: Arc<str>,
     /// The largest artifact published or loaded.
     max_artifact_bytes: u64,
+    /// How long a download may make no progress: each step (finding the object, each chunk)
+    /// must finish within it.
+    download_stall: Duration,
 }
 
 const CAS_ATTEMPTS: usize = 50;
@@ -116,7 +119,10 @@ impl Registry {
             Err(e) => {
                 return Err(RegistryError::Bucket {
                     bucket: config.kv_bucket.clone(),
-                    message: format!("asking the server about JetStream: {e}{}", PERMISSION_HINT),
+                    message: format!(
+                        "asking the server about JetStream: {}",
+                        api_failure("$JS.API.INFO", &e, true)
+                    ),
                 })
             }
             Ok(_) => {}
@@ -182,6 +188,7 @@ impl Registry {
             objects,
             kv_bucket: config.kv_bucket.as_str().into(),
             max_artifact_bytes: config.max_artifact_bytes,
+            download_stall: Duration::from_secs(config.download_stall_secs.max(1)),
         };
         Ok((registry, vec![kv_status, objects_status]))
     }

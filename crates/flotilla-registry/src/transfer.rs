@@ -202,10 +202,14 @@ impl Registry {
                 limit: self.max_artifact_bytes,
             });
         }
-        let mut object = self
-            .objects
-            .get(&info.object)
+        // Each step must make progress within `download_stall`, so the time allowed grows
+        // with the artifact, chunk by chunk, while a dead node costs seconds, not async-nats'
+        // 10 s per request (issue 8: a follower retried a lost node's download every 10 s).
+        let stall = self.download_stall;
+        let stalled = |what: &str| download(format!("nothing received for {stall:?} while {what}"));
+        let mut object = tokio::time::timeout(stall, self.objects.get(&info.object))
             .await
+            .map_err(|_| stalled("looking up the object"))?
             .map_err(|e| download(e.to_string()))?;
         let declared = info.size as usize;
         // Grown by what arrives, never reserved from what the manifest claims.
@@ -213,9 +217,9 @@ impl Registry {
         let mut hasher = Sha256::new();
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
-            let n = object
-                .read(&mut chunk)
+            let n = tokio::time::timeout(stall, object.read(&mut chunk))
                 .await
+                .map_err(|_| stalled(&format!("reading it after {} bytes", bytes.len())))?
                 .map_err(|e| download(e.to_string()))?;
             if n == 0 {
                 break;

@@ -126,8 +126,19 @@ impl NatsServer {
     /// Kills the server and starts a new one on the same port with the same JetStream
     /// directory: what a broker restart looks like to its clients.
     pub fn restart(&mut self) -> Result<(), NatsServerError> {
+        self.kill();
+        self.start_again()
+    }
+
+    /// Kills the server (SIGKILL): a broker outage until [`NatsServer::start_again`].
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts the server again on its port with its JetStream directory, after
+    /// [`NatsServer::kill`]; returns once it accepts connections.
+    pub fn start_again(&mut self) -> Result<(), NatsServerError> {
         // The port is ours again once the old process is gone; the OS may take a moment to
         // let it be bound again.
         let mut last = None;

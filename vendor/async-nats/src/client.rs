@@ -586,6 +586,13 @@ impl Client {
                             "no responders",
                         ));
                     }
+                    // flotilla patch: the server refused to publish the request.
+                    if message.status == Some(StatusCode::PERMISSION_DENIED) {
+                        return Err(RequestError::with_source(
+                            RequestErrorKind::Other,
+                            PermissionDenied::from_message(&message),
+                        ));
+                    }
                     Ok(message)
                 }
                 Err(err) => Err(RequestError::with_source(RequestErrorKind::Other, err)),
@@ -924,6 +931,40 @@ impl From<tokio::sync::mpsc::error::SendError<Command>> for DrainError {
         DrainError(Box::new(err))
     }
 }
+
+/// flotilla patch: the server refused to publish a request (a permissions violation), so it
+/// was never delivered. The source of a [RequestError] (and of the JetStream errors made from
+/// one); find it with `std::error::Error::source` and `downcast_ref`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermissionDenied {
+    server_error: String,
+}
+
+impl PermissionDenied {
+    pub(crate) fn from_message(message: &Message) -> PermissionDenied {
+        PermissionDenied {
+            server_error: message.description.clone().unwrap_or_else(|| {
+                format!(
+                    "Permissions Violation for Publish to {:?}",
+                    message.subject.as_str()
+                )
+            }),
+        }
+    }
+
+    /// The server's message, e.g. `Permissions Violation for Publish to "<subject>"`.
+    pub fn server_error(&self) -> &str {
+        &self.server_error
+    }
+}
+
+impl Display for PermissionDenied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "permission denied: {}", self.server_error)
+    }
+}
+
+impl std::error::Error for PermissionDenied {}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RequestErrorKind {

@@ -253,7 +253,8 @@ mod options;
 
 pub use auth::Auth;
 pub use client::{
-    Client, PublishError, Request, RequestError, RequestErrorKind, Statistics, SubscribeError,
+    Client, PermissionDenied, PublishError, Request, RequestError, RequestErrorKind, Statistics,
+    SubscribeError,
 };
 pub use options::{AuthError, ConnectOptions};
 
@@ -426,6 +427,9 @@ struct Multiplexer {
     subject: Subject,
     prefix: Subject,
     senders: HashMap<String, oneshot::Sender<Message>>,
+    /// flotilla patch: the subject each pending request (by token) was published to, so a
+    /// permissions violation for that subject can fail it at once instead of by timeout.
+    subjects: HashMap<String, Subject>,
 }
 
 /// A connection handler which facilitates communication from channels to a single shared connection.
@@ -683,6 +687,53 @@ impl ConnectionHandler {
         }
     }
 
+    /// flotilla patch: the server answers a publish it may not make only with
+    /// `-ERR 'Permissions Violation for Publish to "<subject>"'` (or `... with Reply of
+    /// "<reply>"`), and drops it. A request waiting on such a publish would only time out;
+    /// answer it now with a [`StatusCode::PERMISSION_DENIED`] message carrying the server's
+    /// text. Every pending request to the subject is failed: permissions are per user, so
+    /// each of them was refused (the server sends one error per refused publish).
+    fn fail_denied_requests(&mut self, text: &str) {
+        let Some(multiplexer) = self.multiplexer.as_mut() else {
+            return;
+        };
+        let quoted = |rest: &str| rest.strip_prefix('"')?.split('"').next().map(str::to_owned);
+        let tokens: Vec<String> =
+            if let Some(rest) = text.strip_prefix("Permissions Violation for Publish to ") {
+                let Some(denied) = quoted(rest) else { return };
+                multiplexer
+                    .subjects
+                    .iter()
+                    .filter(|(_, subject)| subject.as_str() == denied)
+                    .map(|(token, _)| token.clone())
+                    .collect()
+            } else if let Some(rest) =
+                text.strip_prefix("Permissions Violation for Publish with Reply of ")
+            {
+                let Some(reply) = quoted(rest) else { return };
+                match reply.strip_prefix(multiplexer.prefix.as_str()) {
+                    Some(token) => vec![token.to_owned()],
+                    None => return,
+                }
+            } else {
+                return;
+            };
+        for token in tokens {
+            let subject = multiplexer.subjects.remove(&token);
+            if let Some(sender) = multiplexer.senders.remove(&token) {
+                let _ = sender.send(Message {
+                    subject: subject.unwrap_or_else(|| multiplexer.subject.clone()),
+                    reply: None,
+                    payload: Bytes::new(),
+                    headers: None,
+                    status: Some(StatusCode::PERMISSION_DENIED),
+                    description: Some(text.to_owned()),
+                    length: 0,
+                });
+            }
+        }
+    }
+
     fn handle_server_op(&mut self, server_op: ServerOp) {
         self.ping_interval.reset();
 
@@ -698,6 +749,9 @@ impl ConnectionHandler {
             }
             ServerOp::Error(error) => {
                 debug!("received ERROR: {:?}", error);
+                if let ServerError::Other(text) = &error {
+                    self.fail_denied_requests(text);
+                }
                 self.connector
                     .events_tx
                     .try_send(Event::ServerError(error))
@@ -766,6 +820,7 @@ impl ConnectionHandler {
                             subject.strip_prefix(multiplexer.prefix.as_ref()).to_owned();
 
                         if let Some(token) = maybe_token {
+                            multiplexer.subjects.remove(token);
                             if let Some(sender) = multiplexer.senders.remove(token) {
                                 debug!("forwarding message to request with token {}", token);
                                 let message = Message {
@@ -899,6 +954,7 @@ impl ConnectionHandler {
                         subject,
                         prefix,
                         senders: HashMap::new(),
+                        subjects: HashMap::new(),
                     })
                 };
                 self.connector
@@ -907,6 +963,9 @@ impl ConnectionHandler {
                     .add(1, Ordering::Relaxed);
 
                 multiplexer.senders.insert(token.to_owned(), sender);
+                multiplexer
+                    .subjects
+                    .insert(token.to_owned(), subject.clone());
 
                 let respond: Subject = format!("{}{}", multiplexer.prefix, token).into();
 

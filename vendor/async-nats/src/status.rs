@@ -261,6 +261,10 @@ impl StatusCode {
     pub const TIMEOUT: StatusCode = StatusCode(new_nonzero_u16(408));
     pub const NO_RESPONDERS: StatusCode = StatusCode(new_nonzero_u16(503));
     pub const REQUEST_TERMINATED: StatusCode = StatusCode(new_nonzero_u16(409));
+    /// flotilla patch: never sent by a server; the status of the message with which the
+    /// client answers its own request when the server refused to publish it (a permissions
+    /// violation), so the request fails at once with [crate::client::PermissionDenied].
+    pub const PERMISSION_DENIED: StatusCode = StatusCode(new_nonzero_u16(403));
 }
 
 /// This function is needed until const Option::unwrap becomes stable.

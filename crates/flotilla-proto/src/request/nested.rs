@@ -111,6 +111,17 @@ impl<'a> Nest<'a> {
     fn first_leaf<E: de::Error>(&mut self, depth: usize, text: bool) -> Result<(), E> {
         match (self.leaf_depth, self.text) {
             (None, None) => {
+                // Lists already read at this depth (in empty rows before this one, or empty
+                // lists earlier in this row) make this value the wrong shape: `[[], 5]` and
+                // `[[[]], [1]]` decoded as two rows holding one value (found by fuzzing).
+                if self.dims.get(depth - 1).is_some_and(Option::is_some) {
+                    let what = if text { "a string" } else { "a number" };
+                    return Err(E::custom(format!(
+                        "{} is {what} where {} is a list; every row must have the same shape",
+                        self.at(),
+                        self.first_row_at(depth)
+                    )));
+                }
                 self.leaf_depth = Some(depth);
                 self.text = Some(text);
                 Ok(())

@@ -280,3 +280,39 @@ fn an_error_never_echoes_a_long_input() {
         e.message
     );
 }
+
+/// Issue 8, fuzzing (request-json, seed 0x5eed, input 12247): a row of empty lists before a
+/// row of numbers, or an empty list beside a number, decoded to a request whose values did not
+/// fill its rows (`[[], 5]` was two rows holding one value). Every accepted request's values
+/// must fill rows x row shape exactly.
+#[test]
+fn values_always_fill_their_rows() {
+    for body in [
+        // The fuzzer's input as found: one row of shape [3] holding two values.
+        r#"{"id":"req-7","x":[[[]],-0.0,1e+300]}"#,
+        r#"{"inputs": [[], 5]}"#,
+        r#"{"inputs": [[], [], 5, 6]}"#,
+        r#"{"inputs": [[[]], [1]]}"#,
+        r#"{"inputs": [[[], 1]]}"#,
+        r#"{"inputs": [[[[]]], [[1]]]}"#,
+        r#"{"inputs": [[], "text"]}"#,
+        r#"{"x": [[], 1]}"#,
+        r#"{"inputs": {"a": [[], 5]}}"#,
+    ] {
+        let e = json(body).expect_err(body);
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{body}: {}", e.message);
+        assert!(e.message.contains("same shape"), "{body}: {}", e.message);
+    }
+    for body in [
+        r#"{"inputs": [[1, 2], [3, 4]]}"#,
+        r#"{"inputs": [[[1], [2]], [[3], [4]]]}"#,
+        r#"{"inputs": [5, 6]}"#,
+        r#"{"x": [[1, 2]]}"#,
+        r#"{"inputs": {"a": [[1], [2]], "b": ["t", "u"]}}"#,
+    ] {
+        let r = json(body).expect(body);
+        for (name, t) in r.inputs.tensors() {
+            assert_eq!(t.values.len(), t.rows * t.row_len(), "{body} {name:?}");
+        }
+    }
+}

@@ -1406,6 +1406,13 @@ impl PublishAckFuture {
                 if m.status == Some(StatusCode::NO_RESPONDERS) {
                     return Err(PublishError::new(PublishErrorKind::StreamNotFound));
                 }
+                // flotilla patch: the server refused to publish it (permissions).
+                if m.status == Some(StatusCode::PERMISSION_DENIED) {
+                    return Err(PublishError::with_source(
+                        PublishErrorKind::Other,
+                        crate::client::PermissionDenied::from_message(&m),
+                    ));
+                }
                 let response = serde_json::from_slice(m.payload.as_ref())
                     .map_err(|err| PublishError::with_source(PublishErrorKind::Other, err))?;
                 match response {

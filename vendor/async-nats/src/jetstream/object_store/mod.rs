@@ -933,7 +933,7 @@ pub struct Object {
     has_pending_messages: bool,
     digest: Option<Sha256>,
     subscription: Option<crate::jetstream::consumer::push::Ordered>,
-    subscription_future: Option<BoxFuture<'static, Result<Ordered, StreamError>>>,
+    subscription_future: Option<BoxFuture<'static, Result<Ordered, crate::Error>>>,
     stream: crate::jetstream::stream::Stream,
 }
 
@@ -989,23 +989,31 @@ impl tokio::io::AsyncRead for Object {
                         let stream = self.stream.clone();
                         let bucket = self.info.bucket.clone();
                         let nuid = self.info.nuid.clone();
+                        // flotilla patch: a consumer that cannot be created (a timeout
+                        // while the cluster elects a leader, a permission) fails the read;
+                        // it was an `unwrap`, which panicked in the reader's task.
                         self.subscription_future.insert(Box::pin(async move {
-                            stream
+                            let consumer = stream
                                 .create_consumer(OrderedConfig {
                                     deliver_subject: stream.context.client.new_inbox(),
                                     filter_subject: format!("$O.{}.C.{}", bucket, nuid),
                                     ..Default::default()
                                 })
-                                .await
-                                .unwrap()
-                                .messages()
-                                .await
+                                .await?;
+                            Ok(consumer.messages().await?)
                         }))
                     }
                 };
                 match future.as_mut().poll(cx) {
-                    Poll::Ready(subscription) => {
-                        self.subscription = Some(subscription.unwrap());
+                    Poll::Ready(Ok(subscription)) => {
+                        self.subscription_future = None;
+                        self.subscription = Some(subscription);
+                    }
+                    Poll::Ready(Err(err)) => {
+                        self.subscription_future = None;
+                        return Poll::Ready(Err(std::io::Error::other(format!(
+                            "creating a consumer to read the object: {err}"
+                        ))));
                     }
                     Poll::Pending => (),
                 }
