@@ -298,7 +298,7 @@ fn compute(c: &mut Criterion) {
     let body_f32 = PredictRequest::encode_binary_f32(
         ROWS,
         &[MLP[0]],
-        &x32.as_slice().expect("standard layout").to_vec(),
+        x32.as_slice().expect("standard layout"),
         Some("bench"),
     );
 

@@ -83,7 +83,12 @@ async fn model_predict_carries_the_nats_body_and_reply_unchanged() {
     // MessagePack in, MessagePack out, as on NATS. (Compared with a MessagePack reply: its
     // outputs are f32 values, where JSON prints their shortest decimal, read back as f64.)
     let msgpack_ct = [("Content-Type", "application/msgpack")];
-    let answer = post(&gateway.at("/models/iris/predict"), &msgpack_ct, msgpack(&body)).await;
+    let answer = post(
+        &gateway.at("/models/iris/predict"),
+        &msgpack_ct,
+        msgpack(&body),
+    )
+    .await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("content-type"), Some("application/msgpack"));
     let decoded: Value = rmp_serde::from_slice(&answer.body).unwrap();
