@@ -339,7 +339,8 @@ fn compute(c: &mut Criterion) {
     let mut group = c.benchmark_group("mlp_64x256x256x10_256rows");
     group.throughput(Throughput::Elements(ROWS as u64 * flops_per_row(&MLP)));
     // The batch buffer is copied in every iteration, as the worker assembles one per batch
-    // (timing it apart with `iter_batched` measured cold 128 KiB buffers instead: 2x slower).
+    // (timed apart with `iter_batched`, the two-thread case measured no faster than one
+    // thread, while the bare split chain halved: see BENCHMARKS.md, issue 9).
     let one_batch = || vec![batch.clone()];
     group.bench_function(BenchmarkId::from_parameter(&ours_n), |b| {
         b.iter(|| model_mlp.compute_on(&pool_n, black_box(one_batch())))
