@@ -144,7 +144,8 @@ fn artifacts_round_trip_through_both_encodings() {
     let bytes = trained.artifact.to_bytes(ArtifactEncoding::MsgPack);
     assert_eq!(Artifact::from_bytes(&bytes).unwrap(), trained.artifact);
     // serde_json (without its `float_roundtrip` feature) may read a float back one ulp off,
-    // so the JSON form is compared by what it predicts.
+    // so the JSON form is compared by what it predicts. A weight one f64 ulp off can round to
+    // the neighbouring f32 in the served model, so the two agree to f32 precision, not exactly.
     let bytes = trained.artifact.to_bytes(ArtifactEncoding::Json);
     let from_json = Model::from_bytes(&bytes).unwrap();
     let exact = Model::from_artifact(trained.artifact.clone()).unwrap();
@@ -152,7 +153,10 @@ fn artifacts_round_trip_through_both_encodings() {
         from_json.forward(dataset.x.view()),
         exact.forward(dataset.x.view()),
     );
-    assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 1e-12));
+    assert!(a
+        .iter()
+        .zip(&b)
+        .all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs() + 1e-7));
 }
 
 /// Writes `text` as a CSV file and returns the error training on it gives.

@@ -154,10 +154,11 @@ async fn version_too_large_deadline_and_internal_errors() {
     let server = server();
     let mut cfg = config(&server);
     cfg.max_request_rows = 100;
-    // A linear model whose output overflows to infinity for large inputs: the 500 path.
+    // A linear model whose output overflows f32 (the layers' float) to infinity for large
+    // inputs: the 500 path.
     let overflow = Model::from_bytes(
         json!({"format": "flotilla.model.v1", "inputs": 1, "outputs": 1,
-               "layers": [{"weights": [[1e300]], "bias": [0], "activation": "identity"}]})
+               "layers": [{"weights": [[1e37]], "bias": [0], "activation": "identity"}]})
         .to_string()
         .as_bytes(),
     )
@@ -334,9 +335,10 @@ async fn a_request_failing_at_compute_fails_alone_in_its_batch() {
     let mut cfg = config(&server);
     // Long enough that the requests below, sent together, form one batch.
     cfg.max_batch_delay_us = 200_000;
+    // Finite up to |x| of about 34 in f32, the layers' float.
     let overflow = Model::from_bytes(
         json!({"format": "flotilla.model.v1", "inputs": 1, "outputs": 1,
-               "layers": [{"weights": [[1e300]], "bias": [0], "activation": "identity"}]})
+               "layers": [{"weights": [[1e37]], "bias": [0], "activation": "identity"}]})
         .to_string()
         .as_bytes(),
     )
@@ -347,7 +349,7 @@ async fn a_request_failing_at_compute_fails_alone_in_its_batch() {
     for i in 0..9usize {
         let nats = nats.clone();
         tasks.spawn(async move {
-            let x = if i == 4 { 1e10 } else { i as f64 * 1e-300 };
+            let x = if i == 4 { 1e10 } else { i as f64 };
             let reply = request(&nats, "overflow", &[], json!({"x": [x]}).to_string()).await;
             (i, x, reply)
         });
@@ -360,7 +362,7 @@ async fn a_request_failing_at_compute_fails_alone_in_its_batch() {
         } else {
             assert_eq!(reply.error_code(), None, "request {i}: {:?}", reply.body);
             let y = reply.json()["y_pred"].as_f64().unwrap();
-            assert_eq!(y, x * 1e300, "request {i}");
+            assert_eq!(y as f32, x as f32 * 1e37f32, "request {i}");
         }
     }
     // All nine were computed in one forward pass.

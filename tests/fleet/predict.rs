@@ -84,7 +84,7 @@ async fn the_x_form_adds_y_pred_in_the_classic_shape() {
     let y = v["y_pred"]
         .as_f64()
         .expect("one output: y_pred is a number");
-    assert!((y - want).abs() < 1e-9 * (1.0 + want.abs()));
+    assert_close(&[y], &[want], "linear y_pred");
     assert_eq!(v["outputs"][0][0].as_f64().unwrap(), y);
 
     let x = [6.1, 2.6, 5.6, 1.4];

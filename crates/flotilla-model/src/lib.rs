@@ -18,7 +18,7 @@
 //! - [`tensor`]: the seam's types: [`Signature`] (what a model takes and gives, per row),
 //!   [`Tensor`] and [`Data`] (batch-first values, numbers or text), [`Computed`].
 //! - [`dense`]: the `flotilla.model.v1` artifact (dense layers with an optional scaler), its
-//!   validation and its forward pass on ndarray.
+//!   validation and its forward pass on ndarray (the scaler in f64, the layers in f32).
 //! - [`onnx`]: ONNX files run by tract (pure Rust), including the `ai.onnx.ml` operators
 //!   scikit-learn exports use.
 //! - [`text`]: the `text-embedding` kind, BERT-family sentence encoders read from a
@@ -377,7 +377,8 @@ impl Model {
     }
 
     /// The forward pass of a one-input numeric model over `rows x inputs` f64 values,
-    /// returning `outputs` as `rows x outputs` f64: the trainer's and the benches' view.
+    /// returning `outputs` as `rows x outputs` f64 (widened from the model's own dtype, f32
+    /// for dense models): the trainer's and the benches' view.
     ///
     /// # Panics
     /// When the model does not take one numeric input of `x.ncols()` values per row, or its

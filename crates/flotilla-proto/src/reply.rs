@@ -339,6 +339,36 @@ mod tests {
         assert_eq!(got["y_pred"], serde_json::json!(3));
     }
 
+    /// f32 outputs (a dense model's) print as the shortest text that reads back as the same
+    /// f32, not as the f64 they widen to (0.30000001192092896).
+    #[test]
+    fn f32_outputs_print_as_f32() {
+        let v = [0.3f32, 1e-7, 123456.79, -2.5];
+        let body = PredictReply::<Label> {
+            outputs: OutputsRef {
+                values: ValuesRef::F32(&v),
+                rows: 2,
+                row_shape: &[2],
+                binary: None,
+            },
+            labels: None,
+            model: "m",
+            version: 1,
+            id: None,
+            y_pred: Some(YPred {
+                values: ValuesRef::F32(&v),
+                row_shape: &[2],
+            }),
+            extras: vec![],
+        };
+        let text = String::from_utf8(Encoding::Json.encode(&body).unwrap().to_vec()).unwrap();
+        assert!(
+            text.contains(r#""outputs":[[0.3,1e-7],[123456.79,-2.5]]"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""y_pred":[0.3,1e-7]"#), "{text}");
+    }
+
     #[test]
     fn binary_outputs_are_little_endian_tensors() {
         let v = [1.5f64, -2.0, 3.0];
