@@ -15,8 +15,10 @@ The venv is made from scripts/requirements-bench.txt. Scenarios (each runs close
                 time), for comparison with a flotilla server driven at concurrency N (16 and 64
                 are the figures to compare). Latency is per call, so it includes waiting for the
                 two cores the threads share.
+- batchBxN:     N threads, each calling model.encode(B texts) back to back (latency per call).
 
-Any scenario name of the form batchB or concurrentN works. torch.set_num_threads(--threads)
+Any scenario name of the form batchB, concurrentN or batchBxN works (scripts/bench_served_text.sh
+uses the same names for the flotilla side). torch.set_num_threads(--threads)
 (default 2, the machine's cores) bounds PyTorch's intra-op threads. Texts are short English
 sentences (7 to 11 tokens with [CLS]/[SEP], 8.9 on average), picked round-robin.
 
@@ -158,9 +160,13 @@ def parse_scenario(name: str) -> tuple[int, int]:
         return 1, 1
     if name.startswith("batch") and name[5:].isdigit():
         return 1, int(name[5:])
+    if name.startswith("batch") and "x" in name:
+        b, n = name[5:].split("x", 1)
+        if b.isdigit() and n.isdigit():
+            return int(n), int(b)
     if name.startswith("concurrent") and name[10:].isdigit():
         return int(name[10:]), 1
-    raise SystemExit(f"bench_embeddings: unknown scenario {name!r} (single, batchB, concurrentN)")
+    raise SystemExit(f"bench_embeddings: unknown scenario {name!r} (single, batchB, concurrentN, batchBxN)")
 
 
 def main() -> int:
