@@ -23,7 +23,8 @@ uses the same names for the flotilla side). torch.set_num_threads(--threads)
 sentences (7 to 11 tokens with [CLS]/[SEP], 8.9 on average), picked round-robin.
 
 Each JSON line has: scenario, concurrency, batch, calls, texts, errors, seconds, texts_per_s,
-calls_per_s, p50_ms, p99_ms, mean_ms, max_ms, and the model, torch and sentence-transformers
+calls_per_s, p50_ms, p99_ms, mean_ms, max_ms, cpu_cores (this process's CPU seconds per second),
+and the model, torch and sentence-transformers
 versions, torch threads, other_cpu_pct (the share of the machine's CPU time that other
 processes used during the measurement, from /proc/stat less this process's own time) and the
 1-minute load average at the end: the figures mean little if other work shared the cores.
@@ -148,6 +149,9 @@ def run_scenario(model, concurrency: int, batch: int, seconds: float, warmup: fl
         "mean_ms": round(sum(lat) / len(lat) * 1e3, 2) if lat else None,
         "max_ms": round(lat[-1] * 1e3, 2) if lat else None,
         "other_cpu_pct": round(100.0 * others_busy / machine_total, 1) if machine_total > 0 else None,
+        # This process's CPU seconds per second (1.0 = one core), to compare work per CPU
+        # second when other tenants leave each engine a different share of the machine.
+        "cpu_cores": round((cpu1[2] - cpu0[2]) / elapsed, 2),
     }
     if first_error:
         out["first_error"] = first_error[0]

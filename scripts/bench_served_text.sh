@@ -117,6 +117,8 @@ def scrape():
     text = urllib.request.urlopen(metrics + "/metrics", timeout=5).read().decode()
     out = {}
     for line in text.splitlines():
+        if line.startswith("flotilla_batch_rows_bucket{") and 'model="minilm"' in line:
+            out["bucket", line.split('le="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
         for name in ("batch_rows", "queue_duration_seconds", "compute_duration_seconds"):
             for part in ("sum", "count"):
                 if line.startswith(f"flotilla_{name}_{part}{{") and 'model="minilm"' in line:
@@ -151,6 +153,14 @@ delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
 batches = delta.get(("batch_rows", "count"), 0)
 mean = lambda name: delta.get((name, "sum"), 0) / max(1, delta.get((name, "count"), 0))
 ours = (w1 - w0) + (n1 - n0) + (c1 - c0)
+# Batches by rows (Prometheus buckets are cumulative: undo that), e.g. {"<=8": 3, "<=16": 40}.
+les = sorted((k[1] for k in delta if k[0] == "bucket" and k[1] != "+Inf"), key=float)
+hist, below = {}, 0
+for le in les:
+    n = delta["bucket", le] - below
+    below = delta["bucket", le]
+    if n:
+        hist[f"<={le}"] = int(n)
 print(json.dumps({
     "engine": "flotilla", "round": int(rnd), "scenario": scenario, "concurrency": conc,
     "batch": batch, "requests": r["ok"], "errors": r["errors"], "seconds": round(r["seconds"], 3),
@@ -159,6 +169,7 @@ print(json.dumps({
     "p50_ms": round(r["p50_ms"], 2), "p99_ms": round(r["p99_ms"], 2),
     # Over the run and its 0.5 s warm-up, from the worker's /metrics.
     "batches": int(batches),
+    "batch_rows_hist": hist,
     "mean_batch_rows": round(mean("batch_rows"), 1),
     "mean_queue_ms": round(mean("queue_duration_seconds") * 1e3, 2),
     "mean_compute_ms": round(mean("compute_duration_seconds") * 1e3, 2),
@@ -198,8 +209,9 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 runs = [r for r in rows if "scenario" in r and r["round"] > 0]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 scenarios = list(dict.fromkeys(r["scenario"] for r in runs))
-print("| scenario | engine | texts/s per round | median texts/s | median p50 ms | median p99 ms | load 1m |")
-print("|---|---|---|---|---|---|---|")
+print("| scenario | engine | texts/s per round | median texts/s | median p50 ms | median p99 ms "
+      "| median cores used | texts per CPU-second | load 1m |")
+print("|---|---|---|---|---|---|---|---|---|")
 summary = {}
 for s in scenarios:
     for e in ("flotilla", "torch"):
@@ -210,8 +222,12 @@ for s in scenarios:
              med([r["p99_ms"] for r in rs]))
         summary[s, e] = m
         loads = [r["loadavg_1m"] for r in rs]
+                # Texts per CPU second of the engine itself (the worker's process; torch's).
+        cores = [r.get("worker_cores", r.get("cpu_cores")) for r in rs]
+        per_cpu = med([r["texts_per_s"] / c for r, c in zip(rs, cores) if c])
         print(f"| {s} | {e} | {', '.join(str(r['texts_per_s']) for r in rs)} | {m[0]:.1f} "
-              f"| {m[1]:.2f} | {m[2]:.2f} | {min(loads):.1f}-{max(loads):.1f} |")
+              f"| {m[1]:.2f} | {m[2]:.2f} | {med([c for c in cores if c is not None]):.2f} "
+              f"| {per_cpu:.0f} | {min(loads):.1f}-{max(loads):.1f} |")
 print()
 print("| scenario | texts/s flotilla/torch (median; per round) | p50 flotilla/torch | p99 flotilla/torch |")
 print("|---|---|---|---|")
@@ -227,10 +243,11 @@ for s in scenarios:
         print(f"| {s} | **{f[0] / t[0]:.2f}x** ({', '.join(f'{x:.2f}' for x in per)}) "
               f"| {f[1] / t[1]:.2f} | {f[2] / t[2]:.2f} |")
 print()
-print("| flotilla run | round | mean batch rows | mean queue ms | mean compute ms | worker cores | nats cores | bench cores | other CPU % | errors |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| flotilla run | round | mean batch rows | batches by rows | mean queue ms | mean compute ms | worker cores | nats cores | bench cores | other CPU % | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in (x for x in rows if x.get("engine") == "flotilla" and "scenario" in x):
-    print(f"| {r['scenario']}{' (soak)' if r['round'] == 0 else ''} | {r['round']} | {r['mean_batch_rows']} "
+    hist = " ".join(f"{k}:{v}" for k, v in r.get("batch_rows_hist", {}).items())
+    print(f"| {r['scenario']}{' (soak)' if r['round'] == 0 else ''} | {r['round']} | {r['mean_batch_rows']} | {hist} "
           f"| {r['mean_queue_ms']} | {r['mean_compute_ms']} | {r['worker_cores']} | {r['nats_cores']} "
           f"| {r['bench_cores']} | {r['other_cpu_pct']} | {r['errors'] or ''} |")
 torch_other = [r["other_cpu_pct"] for r in runs if r["engine"] == "torch"]
