@@ -15,13 +15,16 @@ The venv is made from scripts/requirements-bench.txt. Scenarios (each runs close
                 time), for comparison with a flotilla server driven at concurrency N (16 and 64
                 are the figures to compare). Latency is per call, so it includes waiting for the
                 two cores the threads share.
+- batchBxN:     N threads, each calling model.encode(B texts) back to back (latency per call).
 
-Any scenario name of the form batchB or concurrentN works. torch.set_num_threads(--threads)
+Any scenario name of the form batchB, concurrentN or batchBxN works (scripts/bench_served_text.sh
+uses the same names for the flotilla side). torch.set_num_threads(--threads)
 (default 2, the machine's cores) bounds PyTorch's intra-op threads. Texts are short English
 sentences (7 to 11 tokens with [CLS]/[SEP], 8.9 on average), picked round-robin.
 
 Each JSON line has: scenario, concurrency, batch, calls, texts, errors, seconds, texts_per_s,
-calls_per_s, p50_ms, p99_ms, mean_ms, max_ms, and the model, torch and sentence-transformers
+calls_per_s, p50_ms, p99_ms, mean_ms, max_ms, cpu_cores (this process's CPU seconds per second),
+and the model, torch and sentence-transformers
 versions, torch threads, other_cpu_pct (the share of the machine's CPU time that other
 processes used during the measurement, from /proc/stat less this process's own time) and the
 1-minute load average at the end: the figures mean little if other work shared the cores.
@@ -146,6 +149,9 @@ def run_scenario(model, concurrency: int, batch: int, seconds: float, warmup: fl
         "mean_ms": round(sum(lat) / len(lat) * 1e3, 2) if lat else None,
         "max_ms": round(lat[-1] * 1e3, 2) if lat else None,
         "other_cpu_pct": round(100.0 * others_busy / machine_total, 1) if machine_total > 0 else None,
+        # This process's CPU seconds per second (1.0 = one core), to compare work per CPU
+        # second when other tenants leave each engine a different share of the machine.
+        "cpu_cores": round((cpu1[2] - cpu0[2]) / elapsed, 2),
     }
     if first_error:
         out["first_error"] = first_error[0]
@@ -158,9 +164,13 @@ def parse_scenario(name: str) -> tuple[int, int]:
         return 1, 1
     if name.startswith("batch") and name[5:].isdigit():
         return 1, int(name[5:])
+    if name.startswith("batch") and "x" in name:
+        b, n = name[5:].split("x", 1)
+        if b.isdigit() and n.isdigit():
+            return int(n), int(b)
     if name.startswith("concurrent") and name[10:].isdigit():
         return int(name[10:]), 1
-    raise SystemExit(f"bench_embeddings: unknown scenario {name!r} (single, batchB, concurrentN)")
+    raise SystemExit(f"bench_embeddings: unknown scenario {name!r} (single, batchB, concurrentN, batchBxN)")
 
 
 def main() -> int:
