@@ -164,6 +164,11 @@ async fn a_text_model_refuses_what_is_not_text_by_name() {
             "at most 4",
         ),
         (json!({"inputs": [long, long]}), 413, "max_queue_tokens 40"),
+        (
+            json!({"inputs": {"input": [long, long]}}),
+            413,
+            "max_queue_tokens 40",
+        ),
     ] {
         let reply = request(&nats, "tiny", &[], body.to_string()).await;
         assert_eq!(reply.error_code(), Some(code), "{body}: {:?}", reply.json());

@@ -9,8 +9,7 @@ use async_nats::{HeaderMap, Subject};
 use flotilla_model::Model;
 use flotilla_proto::headers::malformed_headers;
 use flotilla_proto::{
-    error_encoding, Encoding, ErrorKind, Inputs, PredictRequest, RequestOptions, ServiceError,
-    Values,
+    error_encoding, Encoding, ErrorKind, PredictRequest, RequestOptions, ServiceError, Values,
 };
 use futures::StreamExt;
 use tokio::sync::oneshot;
@@ -241,12 +240,17 @@ fn count_tokens(
     request: &PredictRequest,
     name: &str,
 ) -> Result<Tokens, ServiceError> {
-    let texts = match &request.inputs {
-        Inputs::Unnamed(t) => match &t.values {
-            Values::Text(texts) => texts,
-            _ => return Ok(Tokens::default()),
-        },
-        Inputs::Named(_) => return Ok(Tokens::default()),
+    // Unnamed or by name (`{"inputs": {"input": [...]}}`): both forms are counted.
+    let texts = request
+        .inputs
+        .tensors()
+        .into_iter()
+        .find_map(|(_, t)| match &t.values {
+            Values::Text(texts) => Some(texts),
+            _ => None,
+        });
+    let Some(texts) = texts else {
+        return Ok(Tokens::default());
     };
     let Some(counts) = model.token_counts(texts) else {
         return Ok(Tokens::default());
