@@ -16,7 +16,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     cli::init_tracing(&args);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime_for(&args.command) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -31,6 +31,25 @@ fn main() -> ExitCode {
             eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The async runtime a subcommand runs on.
+///
+/// A worker's runtime only moves messages: every forward pass runs on its model's batch
+/// thread or the compute pool, and large bodies are decoded there too. One thread does that
+/// best: on a 2-core machine shared with the broker, the worker spent 10.6 µs of CPU per 1-row
+/// request on tokio's multi-thread runtime (its two threads waking each other for every
+/// batch) and 8.6 µs on one thread, at higher throughput (BENCHMARKS.md, issue 9). A worker
+/// uses more cores through its compute pool, and a fleet through more workers. The other
+/// subcommands (the HTTP gateway, the demo fleet, the load generator) keep the multi-thread
+/// runtime.
+fn runtime_for(command: &cli::Command) -> std::io::Result<tokio::runtime::Runtime> {
+    match command {
+        cli::Command::Worker(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Runtime::new(),
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::encoding::Encoding;
-use crate::headers::{header, CONTENT_TYPE, SERVICE_ERROR, SERVICE_ERROR_CODE};
+use crate::headers::{header, name, SERVICE_ERROR, SERVICE_ERROR_CODE};
 
 /// The protocol's error kinds; each maps to exactly one code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,15 +109,15 @@ struct ErrorDetail<'a> {
 /// Headers and body of an error reply, in the request's encoding.
 pub fn error_reply(encoding: Encoding, err: &ServiceError) -> (HeaderMap, Bytes) {
     let mut h = HeaderMap::new();
-    h.insert(CONTENT_TYPE, encoding.content_type());
+    h.insert(name::CONTENT_TYPE, encoding.content_type());
     // Header values cannot carry line breaks; the body keeps the full message.
     let one_line: String = err
         .message
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    h.insert(SERVICE_ERROR, one_line);
-    h.insert(SERVICE_ERROR_CODE, err.kind.code().to_string());
+    h.insert(name::SERVICE_ERROR, one_line);
+    h.insert(name::SERVICE_ERROR_CODE, err.kind.code().to_string());
     let body = ErrorBody {
         error: ErrorDetail {
             code: err.kind.code(),

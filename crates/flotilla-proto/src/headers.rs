@@ -2,6 +2,7 @@
 //! headers that steer how a request is served (`Flotilla-Version`, `Flotilla-Timeout-Ms`).
 //! Header names are spelled here and nowhere else.
 
+use async_nats::header::HeaderName;
 use async_nats::HeaderMap;
 
 use crate::error::ServiceError;
@@ -18,6 +19,18 @@ pub const TIMEOUT_HEADER: &str = "Flotilla-Timeout-Ms";
 /// NATS services API (ADR-32) error headers.
 pub const SERVICE_ERROR: &str = "Nats-Service-Error";
 pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+
+/// The reply headers' names as [`HeaderName`]s, for the worker's hot path: a name given as a
+/// `&str` is copied into a new allocation on every insert, these are static.
+pub mod name {
+    use super::HeaderName;
+
+    pub const CONTENT_TYPE: HeaderName = HeaderName::from_static(super::CONTENT_TYPE);
+    pub const VERSION: HeaderName = HeaderName::from_static(super::VERSION_HEADER);
+    pub const WORKER: HeaderName = HeaderName::from_static(super::WORKER_HEADER);
+    pub const SERVICE_ERROR: HeaderName = HeaderName::from_static(super::SERVICE_ERROR);
+    pub const SERVICE_ERROR_CODE: HeaderName = HeaderName::from_static(super::SERVICE_ERROR_CODE);
+}
 
 /// Looks a header up by exact name first, then case-insensitively: clients in other
 /// languages do not all preserve case.

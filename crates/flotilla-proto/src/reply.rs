@@ -9,7 +9,7 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::encoding::Encoding;
-use crate::headers::{CONTENT_TYPE, VERSION_HEADER};
+use crate::headers::name;
 use crate::request::TensorDType;
 
 /// A predicted label: the model's own label, or the class index when it has none.
@@ -280,11 +280,13 @@ fn flat_rows<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<f64>>, D::Error>
         .collect())
 }
 
-/// Reply headers for a success.
-pub fn reply_headers(encoding: Encoding, version: u64) -> HeaderMap {
+/// Reply headers for a success: its encoding, the version that computed it and the id of the
+/// worker that answered.
+pub fn reply_headers(encoding: Encoding, version: u64, worker: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(CONTENT_TYPE, encoding.content_type());
-    h.insert(VERSION_HEADER, version.to_string());
+    h.insert(name::CONTENT_TYPE, encoding.content_type());
+    h.insert(name::VERSION, version.to_string());
+    h.insert(name::WORKER, worker);
     h
 }
 

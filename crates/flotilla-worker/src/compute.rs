@@ -19,7 +19,7 @@ use crate::batch::{self, Batch, Entry};
 use crate::live::{Live, Slot, Target, Version};
 use crate::worker::Shared;
 use flotilla_model::{ComputeError, Computed, DataRef, Label};
-use flotilla_proto::headers::WORKER_HEADER;
+use flotilla_proto::headers::name;
 use flotilla_proto::{
     error_reply, reply_headers, Encoding, ErrorKind, OutputsRef, PredictReply, PredictRequest,
     ServiceError, ValuesRef, YPred,
@@ -128,7 +128,7 @@ async fn batch_loop(shared: Shared, slot: Arc<Slot>, mut batcher: batch::Batcher
             .collect();
         let live = slot.live.load_full();
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            compute(&live, entries, &slot, &shared.pool)
+            compute(&live, entries, &slot, &shared.pool, &shared.worker_id)
         }));
         let replies = match outcome {
             Ok(replies) => replies,
@@ -155,6 +155,7 @@ fn compute(
     entries: Vec<Entry<Job>>,
     slot: &Slot,
     pool: &rayon::ThreadPool,
+    worker: &str,
 ) -> Vec<Outgoing> {
     let start = Instant::now();
     let mut replies = Vec::with_capacity(entries.len());
@@ -188,7 +189,7 @@ fn compute(
                 let mut offset = 0;
                 for entry in group {
                     let rows = entry.rows;
-                    replies.push(encode_reply(&version, entry, &computed, offset));
+                    replies.push(encode_reply(&version, entry, &computed, offset, worker));
                     offset += rows;
                 }
             }
@@ -198,7 +199,7 @@ fn compute(
                 for entry in group {
                     let alone = run(&version, std::slice::from_ref(&entry), pool);
                     replies.push(match alone {
-                        Ok(computed) => encode_reply(&version, entry, &computed, 0),
+                        Ok(computed) => encode_reply(&version, entry, &computed, 0, worker),
                         Err(err) => failed(&version, entry, &err),
                     });
                 }
@@ -255,6 +256,7 @@ fn encode_reply(
     entry: Entry<Job>,
     computed: &Computed,
     offset: usize,
+    worker: &str,
 ) -> Outgoing {
     let (job, received, rows) = (entry.item, entry.arrived, entry.rows);
     let served = &version.served;
@@ -307,7 +309,7 @@ fn encode_reply(
     match job.encoding.encode(&body) {
         Ok(payload) => Outgoing {
             reply: job.reply,
-            headers: reply_headers(job.encoding, served.version),
+            headers: reply_headers(job.encoding, served.version, worker),
             payload,
             code: 200,
             error: None,
@@ -328,7 +330,10 @@ pub async fn publish(shared: &Shared, slot: &Slot, mut out: Outgoing) {
     slot.request_duration.observe(elapsed.as_secs_f64());
     slot.stats
         .record(elapsed, out.error.as_deref().map(|m| (out.code, m)));
-    out.headers.insert(WORKER_HEADER, shared.worker_id.as_str());
+    // A success's headers name the worker already; an error is built where it is found.
+    if out.error.is_some() {
+        out.headers.insert(name::WORKER, shared.worker_id.as_str());
+    }
     if let Err(e) = shared
         .client
         .publish_with_headers(out.reply, out.headers, out.payload)

@@ -215,7 +215,12 @@ impl HeaderMap {
     }
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let mut buf = vec![];
+        // flotilla patch: sized once, where growing from empty reallocated four or five times
+        // for every message with headers.
+        let size = self.inner.iter().fold(b"NATS/1.0\r\n\r\n".len(), |n, (k, vs)| {
+            n + vs.iter().map(|v| k.as_str().len() + v.inner.len() + 4).sum::<usize>()
+        });
+        let mut buf = Vec::with_capacity(size);
         buf.extend_from_slice(b"NATS/1.0\r\n");
         for (k, vs) in &self.inner {
             for v in vs.iter() {
