@@ -7,6 +7,8 @@
 //! of f32/f64/i64 inputs, a text model one string input. Nothing checked here can fail at
 //! concatenation, so a batch is assembled without a per-request error path.
 
+use std::fmt;
+
 use flotilla_model::{DType, Data, Model, Signature, Tensor, TensorSpec};
 use flotilla_proto::{InputTensor, Inputs, PredictRequest, ServiceError, Values};
 
@@ -19,12 +21,12 @@ fn paired<'r>(
     request: &'r PredictRequest,
     signature: &Signature,
     name: &str,
-) -> Result<Vec<(String, &'r InputTensor)>, ServiceError> {
+) -> Result<Vec<(Field<'r>, &'r InputTensor)>, ServiceError> {
     let specs = &signature.inputs;
     match &request.inputs {
         Inputs::Unnamed(t) if specs.len() == 1 => {
             let field = if request.single { "x" } else { "inputs" };
-            Ok(vec![(field.to_owned(), t)])
+            Ok(vec![(Field::Top(field), t)])
         }
         Inputs::Unnamed(_) => Err(ServiceError::bad_request(format!(
             "model {name:?} has {} inputs ({}); send \"inputs\" as a map from input name to rows",
@@ -47,7 +49,7 @@ fn paired<'r>(
                     named
                         .iter()
                         .find(|(n, _)| *n == spec.name)
-                        .map(|(n, t)| (format!("inputs[{n:?}]"), t))
+                        .map(|(n, t)| (Field::Named(n), t))
                         .ok_or_else(|| {
                             ServiceError::bad_request(format!(
                                 "\"inputs\" has no input {:?}; model {name:?} needs every one of {}",
@@ -57,6 +59,42 @@ fn paired<'r>(
                         })
                 })
                 .collect()
+        }
+    }
+}
+
+/// Where in the request an input was found, as an error message names it: `x`, `inputs` or
+/// `inputs["name"]`. Written only when a message is, so checking a good request allocates
+/// nothing for it.
+#[derive(Debug, Clone, Copy)]
+enum Field<'r> {
+    Top(&'static str),
+    Named(&'r str),
+}
+
+impl fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Top(name) => f.write_str(name),
+            Field::Named(name) => write!(f, "inputs[{name:?}]"),
+        }
+    }
+}
+
+/// An input as an error message names it: `input "a" of model "m"` for a model with several
+/// inputs, else `model "m"`.
+struct InputName<'a> {
+    spec: &'a str,
+    model: &'a str,
+    named: bool,
+}
+
+impl fmt::Display for InputName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.named {
+            write!(f, "input {:?} of model {:?}", self.spec, self.model)
+        } else {
+            write!(f, "model {:?}", self.model)
         }
     }
 }
@@ -88,22 +126,22 @@ pub(crate) fn check(
                 t.rows, pairs[0].0
             )));
         }
-        check_one(field, t, spec, name, signature.inputs.len() > 1)?;
+        check_one(*field, t, spec, name, signature.inputs.len() > 1)?;
     }
     Ok(())
 }
 
 fn check_one(
-    field: &str,
+    field: Field<'_>,
     t: &InputTensor,
     spec: &TensorSpec,
     model: &str,
     named: bool,
 ) -> Result<(), ServiceError> {
-    let input = if named {
-        format!("input {:?} of model {model:?}", spec.name)
-    } else {
-        format!("model {model:?}")
+    let input = InputName {
+        spec: &spec.name,
+        model,
+        named,
     };
     match (t.values.is_text(), spec.dtype.is_numeric()) {
         (true, true) => {
@@ -121,10 +159,9 @@ fn check_one(
     }
     let flat = t.row_shape.len() <= 1 && t.row_len() == spec.row_len();
     if t.row_shape.is_empty() && !flat && !t.values.is_text() {
-        let first = if field == "x" {
-            "x".into()
-        } else {
-            format!("{field}[0]")
+        let first = match field {
+            Field::Top("x") => "x".to_owned(),
+            _ => format!("{field}[0]"),
         };
         return Err(ServiceError::bad_request(format!(
             "{first} is one number, but {input} expects rows of shape {:?} ({} values): send each row as a list",
@@ -185,7 +222,7 @@ fn check_one(
 /// values to the input's dtype. Every request has been [`check`]ed against `model`.
 pub(crate) fn assemble(model: &Model, requests: &[&PredictRequest], rows: usize) -> Vec<Tensor> {
     let signature = model.signature();
-    let pairs: Vec<Vec<(String, &InputTensor)>> = requests
+    let pairs: Vec<Vec<(Field<'_>, &InputTensor)>> = requests
         .iter()
         .map(|r| paired(r, signature, "").expect("checked at admission"))
         .collect();
