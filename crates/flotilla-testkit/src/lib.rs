@@ -2,7 +2,6 @@
 //! process with its own JetStream directory, on a free port, killed when dropped. The demo uses
 //! it when no server answers; every end-to-end test starts one.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,24 +35,13 @@ impl NatsServer {
     pub fn start() -> Result<NatsServer, NatsServerError> {
         let store = std::env::temp_dir().join(format!("flotilla-nats-{}", nuid::next()));
         std::fs::create_dir_all(&store)?;
-        // Another process could take the port between our probe and the server's bind; retry.
-        let mut last = None;
-        for _ in 0..5 {
-            let port = free_port()?;
-            match Self::start_on(port, &store, None) {
-                Ok(child) => {
-                    return Ok(NatsServer {
-                        child,
-                        port,
-                        store,
-                        config: None,
-                    });
-                }
-                Err(e @ NatsServerError::NotInstalled) => return Err(e),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("at least one attempt"))
+        let (child, port) = Self::start_on(None, &store, None)?;
+        Ok(NatsServer {
+            child,
+            port,
+            store,
+            config: None,
+        })
     }
 
     /// Starts `nats-server` with a config file made of `text` after two lines this adds:
@@ -63,42 +51,50 @@ impl NatsServer {
         let store = std::env::temp_dir().join(format!("flotilla-nats-{}", nuid::next()));
         std::fs::create_dir_all(&store)?;
         let config = store.join("nats.conf");
-        let mut last = None;
-        for _ in 0..5 {
-            let port = free_port()?;
+        let write = |listen: &str| {
             std::fs::write(
                 &config,
                 format!(
-                    "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\n{text}\n",
+                    "listen: \"127.0.0.1:{listen}\"\njetstream {{ store_dir: {:?} }}\n{text}\n",
                     store.join("js").display().to_string()
                 ),
-            )?;
-            match Self::start_on(port, &store, Some(&config)) {
-                Ok(child) => {
-                    return Ok(NatsServer {
-                        child,
-                        port,
-                        store,
-                        config: Some(config),
-                    });
-                }
-                Err(e @ NatsServerError::NotInstalled) => return Err(e),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("at least one attempt"))
+            )
+        };
+        write("-1")?;
+        let (child, port) = Self::start_on(None, &store, Some(&config))?;
+        // A restart must come back on the same port.
+        write(&port.to_string())?;
+        Ok(NatsServer {
+            child,
+            port,
+            store,
+            config: Some(config),
+        })
     }
 
-    fn start_on(port: u16, store: &Path, config: Option<&Path>) -> Result<Child, NatsServerError> {
+    /// Starts a server on `port`, or on a port it picks itself (`-p -1`), and returns once it
+    /// listens, with the port. The server writes the ports it listens on into a file named
+    /// after its pid (`--ports_file_dir`), so the port is known to be this server's: probing
+    /// for a free port first let two tests pick the same one, and the loser's readiness check
+    /// then connected to the winner's server.
+    fn start_on(
+        port: Option<u16>,
+        store: &Path,
+        config: Option<&Path>,
+    ) -> Result<(Child, u16), NatsServerError> {
         let mut command = Command::new("nats-server");
         match config {
             // The file says where to listen; a config error is reported as the exit status.
             Some(config) => command.arg("-c").arg(config),
             None => command
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .args(["-a", "127.0.0.1", "-p"])
+                .arg(port.map_or("-1".to_owned(), |p| p.to_string()))
+                .args(["-js", "-sd"])
                 .arg(store),
         };
         let mut child = command
+            .arg("--ports_file_dir")
+            .arg(store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -106,11 +102,14 @@ impl NatsServer {
                 std::io::ErrorKind::NotFound => NatsServerError::NotInstalled,
                 _ => NatsServerError::Io(e),
             })?;
+        let suffix = format!("_{}.ports", child.id());
         let waited = Duration::from_secs(10);
         let start = Instant::now();
         while start.elapsed() < waited {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(child);
+            if let Some(port) = listening_port(store, &suffix) {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok((child, port));
+                }
             }
             if let Some(status) = child.try_wait()? {
                 return Err(NatsServerError::Io(std::io::Error::other(format!(
@@ -120,7 +119,10 @@ impl NatsServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
-        Err(NatsServerError::NotReady { port, waited })
+        Err(NatsServerError::NotReady {
+            port: port.unwrap_or(0),
+            waited,
+        })
     }
 
     /// Kills the server and starts a new one on the same port with the same JetStream
@@ -143,8 +145,8 @@ impl NatsServer {
         // let it be bound again.
         let mut last = None;
         for _ in 0..50 {
-            match Self::start_on(self.port, &self.store, self.config.as_deref()) {
-                Ok(child) => {
+            match Self::start_on(Some(self.port), &self.store, self.config.as_deref()) {
+                Ok((child, _)) => {
                     self.child = child;
                     return Ok(());
                 }
@@ -173,6 +175,20 @@ impl Drop for NatsServer {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// The client port in the ports file ending in `suffix` (`_<pid>.ports`) in `dir`, once the
+/// server has written it: `{"nats":["nats://127.0.0.1:4222"]}`.
+fn listening_port(dir: &Path, suffix: &str) -> Option<u16> {
+    let entry = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(suffix))?;
+    let text = std::fs::read_to_string(entry.path()).ok()?;
+    let url = text.split("nats://").nth(1)?;
+    let digits: String = url
+        .rsplit_once(':')?
+        .1
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
