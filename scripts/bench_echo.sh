@@ -16,26 +16,11 @@ set -euo pipefail
 probe=$1 rounds=$2 conc=$3 secs=$4 payload=$5
 shift 5
 binaries=("$@")
-root="$(cd "$(dirname "$0")/.." && pwd)"
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url="nats://127.0.0.1:$port"
-nats-server -a 127.0.0.1 -p "$port" -sd "$dir/js" >/dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
+source "$(dirname "$0")/bench_lib.sh"
 "$probe" --url "$url" echo --subject bench.echo &
 echo_pid=$!
 pids+=($echo_pid)
 
-# CPU ticks (user + system) a process has used so far.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # One load run against SUBJECT, answered by PID: natsprobe's line, then " cpu_us_per_req N".
 measure() {
   local pid=$1 subject=$2 before line
@@ -52,10 +37,7 @@ for round in $(seq "$rounds"); do
     bin=${binaries[$i]}
     "$bin" worker --nats "$url" --metrics-addr "" --model "lin=$root/models/linear.json" >/dev/null 2>&1 &
     wpid=$!
-    for _ in $(seq 200); do
-      "$probe" --url "$url" load --subject flotilla.predict.lin --payload "$payload" --concurrency 1 --seconds 0.05 2>/dev/null | grep -q '"ok":[1-9]' && break
-      sleep 0.05
-    done
+    wait_for_answer flotilla.predict.lin "$payload"
     printf 'worker%s ' "$i"
     measure "$wpid" flotilla.predict.lin
     kill -TERM "$wpid"; wait "$wpid" 2>/dev/null || true

@@ -11,20 +11,7 @@
 set -euo pipefail
 probe=$1 secs=$2 conc=$3
 shift 3
-root="$(cd "$(dirname "$0")/.." && pwd)"
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url="nats://127.0.0.1:$port"
-nats-server -a 127.0.0.1 -p "$port" -sd "$dir/js" >/dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
+source "$(dirname "$0")/bench_lib.sh"
 echo '{"x": [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 1.0]}' >"$dir/one.json"
 python3 "$root/scripts/make_bench_mlp.py" "$dir"
 kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
@@ -32,10 +19,7 @@ for bin in "$@"; do
   "$bin" worker --nats "$url" --metrics-addr "" --model "lin=$root/models/linear.json" \
     --model "mlp=$dir/mlp-64-256-256-10.json" --model "iris=$root/models/iris.json" >/dev/null 2>&1 &
   wpid=$!
-  for _ in $(seq 200); do
-    "$probe" --url "$url" load --subject flotilla.predict.lin --payload "$dir/one.json" --concurrency 1 --seconds 0.05 2>/dev/null | grep -q '"ok":[1-9]' && break
-    sleep 0.05
-  done
+  wait_for_answer flotilla.predict.lin "$dir/one.json"
   sleep 2
   idle=$(kb "$wpid" VmRSS)
   slice=$(python3 -c "print($secs / 10)")

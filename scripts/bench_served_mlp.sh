@@ -13,35 +13,17 @@
 set -euo pipefail
 probe=$1 flotilla=$2 rounds=$3 secs=$4
 shift 4
-root="$(cd "$(dirname "$0")/.." && pwd)"
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/bench_lib.sh"
 python3 "$root/scripts/make_bench_mlp.py" "$dir"
 body="$dir/mlp-256rows.msgpack"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url="nats://127.0.0.1:$port"
-nats-server -a 127.0.0.1 -p "$port" -sd "$dir/js" >/dev/null 2>&1 &
-npid=$!
-pids+=($npid)
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
 "$probe" --url "$url" echo --subject bench.echo &
 epid=$!
 pids+=($epid)
 "$flotilla" worker --nats "$url" --metrics-addr "" --model "mlp=$dir/mlp-64-256-256-10.json" >/dev/null 2>&1 &
 wpid=$!
 pids+=($wpid)
-for _ in $(seq 200); do
-  "$probe" --url "$url" load --subject flotilla.predict.mlp --payload "$body" --concurrency 1 --seconds 0.05 2>/dev/null | grep -q '"ok":[1-9]' && break
-  sleep 0.05
-done
+wait_for_answer flotilla.predict.mlp "$body"
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # run LABEL SUBJECT RESPONDER_PID CONCURRENCY
 run() {
   local label=$1 subject=$2 rpid=$3 conc=$4

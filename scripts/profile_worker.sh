@@ -11,28 +11,12 @@
 # MODEL defaults to models/linear.json; requests go to flotilla.predict.lin.
 set -euo pipefail
 probe=$1 flotilla=$2 payload=$3 conc=$4 secs=$5 out=$6
-root="$(cd "$(dirname "$0")/.." && pwd)"
+source "$(dirname "$0")/bench_lib.sh"
 model=${7:-$root/models/linear.json}
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url="nats://127.0.0.1:$port"
-nats-server -a 127.0.0.1 -p "$port" -sd "$dir/js" >/dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
 "$flotilla" worker --nats "$url" --metrics-addr "" --model "lin=$model" >/dev/null 2>&1 &
 wpid=$!
 pids+=($wpid)
-for _ in $(seq 200); do
-  "$probe" --url "$url" load --subject flotilla.predict.lin --payload "$payload" --concurrency 1 --seconds 0.05 2>/dev/null | grep -q '"ok":[1-9]' && break
-  sleep 0.05
-done
+wait_for_answer flotilla.predict.lin "$payload"
 total=$(python3 -c "print($secs * 2)")
 "$probe" --url "$url" load --subject flotilla.predict.lin --payload "$payload" --concurrency "$conc" --seconds "$total" >"$dir/load.json" &
 lpid=$!
