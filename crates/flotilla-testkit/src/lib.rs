@@ -183,12 +183,8 @@ fn listening_port(dir: &Path, suffix: &str) -> Option<u16> {
         .filter_map(Result::ok)
         .find(|e| e.file_name().to_string_lossy().ends_with(suffix))?;
     let text = std::fs::read_to_string(entry.path()).ok()?;
-    let url = text.split("nats://").nth(1)?;
-    let digits: String = url
-        .rsplit_once(':')?
-        .1
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
+    // Unparsable while the server is still writing it: the caller reads it again.
+    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = ports["nats"].get(0)?.as_str()?;
+    url.rsplit_once(':')?.1.parse().ok()
 }
