@@ -107,10 +107,22 @@ async fn the_x_form_adds_y_pred_in_the_classic_shape() {
 
 #[tokio::test]
 async fn mixed_request_sizes_under_concurrency_each_get_their_own_rows() {
+    // Batches of up to 64 rows of this small MLP are computed in the batch loop itself,
+    // larger ones on the model's compute thread: both happen here.
+    mixed_request_sizes(64).await;
+}
+
+#[tokio::test]
+async fn mixed_request_sizes_each_get_their_own_rows_with_every_batch_on_the_compute_thread() {
+    mixed_request_sizes(0).await;
+}
+
+async fn mixed_request_sizes(inline_compute_rows: usize) {
     let server = server();
     let mut cfg = config(&server);
     // A small wait for company makes batching certain even on an idle machine.
     cfg.max_batch_delay_us = 2000;
+    cfg.inline_compute_rows = inline_compute_rows;
     let worker = Worker::start(cfg, vec![("mlp", example_model("mlp"))]).await;
     let artifact = example_json("mlp");
     let client = Client::new(connect(&server).await);

@@ -201,6 +201,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn inline_admit_bytes(&self) -> usize {
         usize::MAX
     }
+    /// The most rows a batch may have and still compute within a few microseconds (about
+    /// [`INLINE_MULTIPLY_ADDS`]), so that the worker may compute it where it formed, on its
+    /// async runtime's thread, instead of handing it to a compute thread: the hand-off costs
+    /// two thread wake-ups, more than such a pass. 0, the default, for backends whose cost is
+    /// not known to be that small.
+    fn inline_rows(&self) -> usize {
+        0
+    }
 }
 
 /// An artifact checked to be loadable, in the form the registry stores.
@@ -261,6 +269,11 @@ pub struct Model {
 /// Rows below which a batch is computed on the calling thread: waking pool threads costs
 /// more than it saves.
 pub const ROWS_PER_TASK: usize = 64;
+
+/// Multiply-adds a batch may cost and still count as microseconds of work
+/// ([`Backend::inline_rows`]): 16,384 take 1-4 µs in the dense forward pass here, about what
+/// decoding a small JSON request costs.
+pub const INLINE_MULTIPLY_ADDS: usize = 16_384;
 
 impl Model {
     pub fn new(backend: Box<dyn Backend>, metadata: Option<serde_json::Value>) -> Model {
@@ -357,6 +370,11 @@ impl Model {
     /// See [`Backend::inline_admit_bytes`].
     pub fn inline_admit_bytes(&self) -> usize {
         self.backend.inline_admit_bytes()
+    }
+
+    /// See [`Backend::inline_rows`].
+    pub fn inline_rows(&self) -> usize {
+        self.backend.inline_rows()
     }
 
     /// Tokens each text costs, for models counted in tokens ([`Backend::token_counts`]).

@@ -1,6 +1,7 @@
 //! The batch side of a model: take the next batch whenever the previous one is done, compute
-//! it on the model's own thread (fanning large batches out over the rayon pool), publish one
-//! reply per request.
+//! it where it costs least (right there if it is microseconds of work, else on the model's
+//! compute thread, which fans large batches out over the rayon pool), publish one reply per
+//! request.
 //!
 //! A batch is computed against the [`Live`] it found when it formed: requests are grouped by
 //! the version that serves them (current, canary or pinned) and each group runs through that
@@ -66,35 +67,72 @@ impl Outgoing {
     }
 }
 
-/// Starts one model's batch loop on a dedicated OS thread, returning a receiver that fires when
-/// the loop has answered everything and ended (its queue closed at shutdown).
+/// Starts one model's batch loop as a task on `handle`'s runtime, with the model's compute
+/// thread beside it, returning a receiver that fires when the loop has answered everything
+/// and ended (its queue closed at shutdown).
 ///
-/// The thread waits for the next batch, computes it right there and publishes the replies: a
-/// batch costs one wake-up of this thread, where a batch loop task on the runtime handing work
-/// to a compute thread and waiting for it back cost three thread switches, which for small
-/// models was most of the worker's time. The thread blocks when idle, where idle rayon
-/// workers spin-yield for a while (on a two-core machine that steals the CPU NATS needs);
-/// large batches still fan out over the rayon pool. It runs no other task, so a forward pass
-/// never holds up the async runtime; its timers and channels are the runtime's, entered
-/// through `handle`.
+/// Where a batch is computed depends on what it costs. A batch that the model computes in
+/// microseconds (at most `inline_compute_rows` rows, and within the model's
+/// [`flotilla_model::Model::inline_rows`]: small dense models) is computed right in the loop,
+/// on the thread that reads from NATS, like a small request body is decoded there: handing
+/// it to another thread costs two thread wake-ups, which for a 10-feature linear model was a
+/// third of the worker's CPU per request (BENCHMARKS.md, issue 9). Every other batch goes to
+/// the compute thread and the loop waits for it without holding up the runtime. The compute
+/// thread blocks when idle, where idle rayon workers spin-yield for a while (on a two-core
+/// machine that steals the CPU NATS needs); large batches fan out from it over the rayon pool.
 pub fn spawn_batch_loop(
     handle: tokio::runtime::Handle,
     shared: Shared,
     slot: Arc<Slot>,
     batcher: batch::Batcher<Job>,
 ) -> std::io::Result<oneshot::Receiver<()>> {
+    let compute_thread = ComputeThread::spawn(&slot.name)?;
     let (done, ended) = oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("flotilla-batch-{}", slot.name))
-        .spawn(move || {
-            handle.block_on(batch_loop(shared, slot, batcher));
-            let _ = done.send(());
-        })?;
+    handle.spawn(async move {
+        batch_loop(shared, slot, batcher, compute_thread).await;
+        let _ = done.send(());
+    });
     Ok(ended)
 }
 
-/// Forms batches whenever the previous one is done, computes each on this thread, replies.
-async fn batch_loop(shared: Shared, slot: Arc<Slot>, mut batcher: batch::Batcher<Job>) {
+/// A model's compute thread: runs the batches sent to it, one at a time, and ends when its
+/// handle is dropped.
+struct ComputeThread {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl ComputeThread {
+    fn spawn(model: &str) -> std::io::Result<ComputeThread> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name(format!("flotilla-batch-{model}"))
+            .spawn(move || {
+                for job in queue {
+                    job();
+                }
+            })?;
+        Ok(ComputeThread { jobs })
+    }
+
+    /// Runs `f` on the compute thread and waits for its result; `None` if the thread is gone.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs.send(job).ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Forms batches whenever the previous one is done, computes each where it is cheapest
+/// ([`spawn_batch_loop`]), replies.
+async fn batch_loop(
+    shared: Shared,
+    slot: Arc<Slot>,
+    mut batcher: batch::Batcher<Job>,
+    compute_thread: ComputeThread,
+) {
     while let Some(batch) = batcher.next_batch().await {
         let formed = Instant::now();
         slot.queue_rows.set(batcher.queued_rows() as i64);
@@ -117,7 +155,9 @@ async fn batch_loop(shared: Shared, slot: Arc<Slot>, mut batcher: batch::Batcher
         if entries.is_empty() {
             continue;
         }
+        let mut rows = 0;
         for entry in &entries {
+            rows += entry.rows;
             slot.queue_duration
                 .observe(formed.duration_since(entry.arrived).as_secs_f64());
         }
@@ -127,14 +167,30 @@ async fn batch_loop(shared: Shared, slot: Arc<Slot>, mut batcher: batch::Batcher
             .map(|e| (e.item.reply.clone(), e.item.encoding, e.arrived))
             .collect();
         let live = slot.live.load_full();
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            compute(&live, entries, &slot, &shared.pool, &shared.worker_id)
-        }));
+        let inline = rows <= shared.settings.inline_compute_rows.min(live.inline_rows());
+        let outcome = if inline {
+            Some(guarded(
+                &live,
+                entries,
+                &slot,
+                &shared.pool,
+                &shared.worker_id,
+            ))
+        } else {
+            let (pool, worker, model) =
+                (shared.pool.clone(), shared.worker_id.clone(), slot.clone());
+            compute_thread
+                .run(move || guarded(&live, entries, &model, &pool, &worker))
+                .await
+        };
         let replies = match outcome {
-            Ok(replies) => replies,
-            Err(panic) => {
-                let why = crate::panic_text(&*panic);
-                tracing::error!(model = %slot.name, %why, "batch computation panicked");
+            Some(Ok(replies)) => replies,
+            failed => {
+                let why = match failed {
+                    Some(Err(why)) => why,
+                    _ => "the model's compute thread has stopped".to_owned(),
+                };
+                tracing::error!(model = %slot.name, %why, "batch computation failed");
                 let err = ServiceError::internal(format!("computing the batch failed: {why}"));
                 callers
                     .into_iter()
@@ -148,7 +204,21 @@ async fn batch_loop(shared: Shared, slot: Arc<Slot>, mut batcher: batch::Batcher
     }
 }
 
-/// Runs one batch on the calling (compute) thread: each version's share of it in one pass,
+/// [`compute`], with a panic caught and turned into its text.
+fn guarded(
+    live: &Live,
+    entries: Vec<Entry<Job>>,
+    slot: &Slot,
+    pool: &rayon::ThreadPool,
+    worker: &str,
+) -> Result<Vec<Outgoing>, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        compute(live, entries, slot, pool, worker)
+    }))
+    .map_err(|panic| crate::panic_text(&*panic))
+}
+
+/// Runs one batch on the calling thread: each version's share of it in one pass,
 /// fanned out over `pool` when large. Encodes every caller's reply.
 fn compute(
     live: &Live,

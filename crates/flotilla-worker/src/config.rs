@@ -40,6 +40,10 @@ pub struct WorkerConfig {
     pub inline_decode_bytes: usize,
     /// Bytes of larger bodies that may wait to be decoded on the compute pool; past it, 503.
     pub max_decode_bytes: usize,
+    /// Batches up to this many rows, of models that compute such a batch in microseconds
+    /// (small dense models), are computed on the read loop's thread; every other batch on
+    /// the model's compute thread. 0: always on the compute thread.
+    pub inline_compute_rows: usize,
     /// `HOST:PORT` for `/metrics`, `/healthz` and `/readyz`; empty to disable.
     pub metrics_addr: String,
     /// Threads for forward passes (0: one per core).
@@ -66,6 +70,7 @@ impl Default for WorkerConfig {
             max_request_rows: 1024,
             inline_decode_bytes: 16 * 1024,
             max_decode_bytes: 64 * 1024 * 1024,
+            inline_compute_rows: 64,
             metrics_addr: "127.0.0.1:9464".into(),
             compute_threads: 0,
             shutdown_timeout_secs: 30,

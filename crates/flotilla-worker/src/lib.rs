@@ -5,7 +5,8 @@
 //!
 //! Per model there are two tasks. The *read loop* (`read`) owns the subscription and only
 //! admits or refuses; the *batch loop* (`compute`) takes the next batch whenever the previous
-//! one is done and has the model's compute thread run it. What a model serves is a `live`
+//! one is done and computes it: in place when it is microseconds of work, else on the
+//! model's compute thread. What a model serves is a `live`
 //! value swapped atomically; in registry mode `follow` builds new ones as manifests change.
 //!
 //! # Layout

@@ -91,6 +91,18 @@ impl Live {
         }
     }
 
+    /// The most rows a batch may have to be computed where it forms
+    /// ([`flotilla_model::Model::inline_rows`]), whichever held version it goes to.
+    pub fn inline_rows(&self) -> usize {
+        self.held
+            .values()
+            .chain([&self.current])
+            .chain(self.canary.iter().map(|(v, _)| v))
+            .map(|v| v.served.model.inline_rows())
+            .min()
+            .unwrap_or(0)
+    }
+
     /// The version that serves `target`, or the 409 to answer.
     pub fn resolve(&self, target: Target, model: &str) -> Result<&Arc<Version>, ServiceError> {
         match target {

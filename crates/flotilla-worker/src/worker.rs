@@ -35,7 +35,7 @@ pub enum WorkerError {
         subject: String,
         source: async_nats::SubscribeError,
     },
-    #[error("starting a model's batch thread: {0}")]
+    #[error("starting a model's compute thread: {0}")]
     Thread(std::io::Error),
     #[error("building the compute pool: {0}")]
     Pool(#[from] rayon::ThreadPoolBuildError),
@@ -109,6 +109,7 @@ pub enum Source {
 pub(crate) struct Settings {
     pub(crate) max_request_rows: usize,
     pub(crate) inline_decode_bytes: usize,
+    pub(crate) inline_compute_rows: usize,
 }
 
 /// Context shared by all tasks of the worker.
@@ -224,6 +225,7 @@ pub async fn run(
         settings: Settings {
             max_request_rows: config.max_request_rows,
             inline_decode_bytes: config.inline_decode_bytes,
+            inline_compute_rows: config.inline_compute_rows,
         },
         decoding: DecodeBudget::new(config.max_decode_bytes),
         worker_id: worker_id.clone(),

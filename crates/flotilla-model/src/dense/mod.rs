@@ -20,7 +20,7 @@ pub use layer::{sigmoid, Activation, Layer};
 
 use crate::{
     invalid, Backend, ComputeError, Computed, DType, Data, Kind, Label, ModelError, Signature,
-    Tensor, TensorSpec, ROWS_PER_TASK,
+    Tensor, TensorSpec, INLINE_MULTIPLY_ADDS, ROWS_PER_TASK,
 };
 
 /// A validated, runnable dense model.
@@ -327,6 +327,18 @@ impl Backend for Dense {
 
     fn label(&self, output: &[f64]) -> Option<Label> {
         self.label_of(output)
+    }
+
+    /// Rows whose multiply-adds (every layer's weights and biases, and the scaler's two per
+    /// input) stay within [`INLINE_MULTIPLY_ADDS`], and never a batch the pool would split.
+    fn inline_rows(&self) -> usize {
+        let per_row = self
+            .layers
+            .iter()
+            .map(|l| l.weights.len() + l.bias.len())
+            .sum::<usize>()
+            + self.scaler.as_ref().map_or(0, |_| 2 * self.inputs);
+        (INLINE_MULTIPLY_ADDS / per_row.max(1)).min(ROWS_PER_TASK)
     }
 }
 

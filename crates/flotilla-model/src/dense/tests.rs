@@ -219,3 +219,40 @@ fn msgpack_round_trip() {
     let bytes = a.to_bytes(ArtifactEncoding::MsgPack);
     assert_eq!(Artifact::from_bytes(&bytes).unwrap(), a);
 }
+
+/// A model of zeros with these layer widths (inputs first), no scaler.
+fn widths(sizes: &[usize]) -> Dense {
+    let layers: Vec<_> = sizes
+        .windows(2)
+        .map(|w| {
+            serde_json::json!({
+                "weights": vec![vec![0.0; w[1]]; w[0]],
+                "bias": vec![0.0; w[1]],
+                "activation": "identity",
+            })
+        })
+        .collect();
+    let artifact = serde_json::json!({
+        "format": "flotilla.model.v1",
+        "inputs": sizes[0],
+        "outputs": sizes[sizes.len() - 1],
+        "layers": layers,
+    });
+    Dense::from_artifact(&Artifact::from_bytes(artifact.to_string().as_bytes()).unwrap()).unwrap()
+}
+
+/// A batch may be computed where it forms only while its multiply-adds stay within the
+/// budget, and never when the pool would split it.
+#[test]
+fn inline_rows_follow_the_multiply_adds_per_row() {
+    let iris = Dense::from_artifact(&Artifact::from_bytes(iris_json().as_bytes()).unwrap());
+    // 6 weights, 3 biases, 4 for the scaler: 13 per row; capped at the pool's split.
+    assert_eq!(iris.unwrap().inline_rows(), ROWS_PER_TASK);
+    // 1,000 weights and 8 biases per row.
+    assert_eq!(
+        widths(&[125, 8]).inline_rows(),
+        INLINE_MULTIPLY_ADDS / 1_008
+    );
+    // The benchmarks' 64-256-256-10 MLP: 84,234 per row, never inline.
+    assert_eq!(widths(&[64, 256, 256, 10]).inline_rows(), 0);
+}
