@@ -16,8 +16,8 @@ pub enum NatsServerError {
     NotInstalled,
     #[error("starting nats-server: {0}")]
     Io(#[from] std::io::Error),
-    #[error("nats-server did not accept connections on port {port} within {waited:?}")]
-    NotReady { port: u16, waited: Duration },
+    #[error("nats-server did not accept connections {at} within {waited:?}")]
+    NotReady { at: String, waited: Duration },
 }
 
 /// A running `nats-server`; killed (and its JetStream directory removed) on drop.
@@ -105,8 +105,10 @@ impl NatsServer {
         let suffix = format!("_{}.ports", child.id());
         let waited = Duration::from_secs(10);
         let start = Instant::now();
+        let mut learned = port;
         while start.elapsed() < waited {
             if let Some(port) = listening_port(store, &suffix) {
+                learned = Some(port);
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                     return Ok((child, port));
                 }
@@ -120,7 +122,10 @@ impl NatsServer {
         }
         let _ = child.kill();
         Err(NatsServerError::NotReady {
-            port: port.unwrap_or(0),
+            at: learned.map_or_else(
+                || "(it never wrote its ports file)".to_owned(),
+                |port| format!("on port {port}"),
+            ),
             waited,
         })
     }
