@@ -58,15 +58,7 @@ pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     let metrics = Metrics::new();
     let stop_metrics = CancellationToken::new();
     let _stop_metrics = stop_metrics.clone().drop_guard();
-    if !config.metrics_addr.is_empty() {
-        let metrics_listener = tokio::net::TcpListener::bind(&config.metrics_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "binding the metrics endpoint to {} (in use? pick another with --metrics-addr)",
-                    config.metrics_addr
-                )
-            })?;
+    if let Some(metrics_listener) = super::bind_metrics(&config.metrics_addr).await? {
         tracing::info!(addr = %metrics_listener.local_addr()?, "metrics endpoint: /metrics");
         tokio::spawn(flotilla_gateway::metrics::serve(
             metrics_listener,

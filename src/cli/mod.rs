@@ -172,6 +172,18 @@ pub fn worker_settings(
 /// Writes command output to stdout. A reader that went away (`flotilla predict ... | head`)
 /// is not an error worth a panic: the error comes back as a [`std::io::ErrorKind::BrokenPipe`]
 /// that `main` turns into a quiet exit.
+/// The listener of a metrics endpoint on `addr`, or `None` when `addr` is empty (disabled).
+pub async fn bind_metrics(addr: &str) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    use anyhow::Context;
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("binding the metrics endpoint to {addr} (in use? pick another with --metrics-addr)")
+    })?;
+    Ok(Some(listener))
+}
+
 pub fn print_out(text: std::fmt::Arguments) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();

@@ -83,15 +83,7 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Resul
     // Outlives the worker's own shutdown so /readyz can say "draining" while it drains.
     let endpoint_stop = CancellationToken::new();
     let _stop_endpoint = endpoint_stop.clone().drop_guard();
-    if !config.metrics_addr.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&config.metrics_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "binding the metrics endpoint to {} (in use? pick another with --metrics-addr)",
-                    config.metrics_addr
-                )
-            })?;
+    if let Some(listener) = super::bind_metrics(&config.metrics_addr).await? {
         tracing::info!(addr = %listener.local_addr()?, "metrics endpoint: /metrics /healthz /readyz");
         tokio::spawn(health::serve(
             listener,
