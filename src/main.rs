@@ -6,7 +6,6 @@
 // angle brackets are help text, not rustdoc links or HTML.
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
-mod allocator;
 mod cli;
 mod settings;
 
@@ -15,7 +14,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    allocator::configure();
     let args = cli::Args::parse();
     cli::init_tracing(&args);
     let runtime = match runtime_for(&args.command) {
