@@ -137,7 +137,10 @@ async fn batch_loop(
         let formed = Instant::now();
         slot.queue_rows.set(batcher.queued_rows() as i64);
         let Batch {
-            entries, expired, ..
+            entries,
+            expired,
+            rows,
+            ..
         } = batch;
         for entry in expired {
             let waited = formed.duration_since(entry.arrived);
@@ -155,9 +158,7 @@ async fn batch_loop(
         if entries.is_empty() {
             continue;
         }
-        let mut rows = 0;
         for entry in &entries {
-            rows += entry.rows;
             slot.queue_duration
                 .observe(formed.duration_since(entry.arrived).as_secs_f64());
         }
@@ -169,27 +170,18 @@ async fn batch_loop(
         let live = slot.live.load_full();
         let inline = rows <= shared.settings.inline_compute_rows.min(live.inline_rows());
         let outcome = if inline {
-            Some(guarded(
-                &live,
-                entries,
-                &slot,
-                &shared.pool,
-                &shared.worker_id,
-            ))
+            guarded(&live, entries, &slot, &shared.pool, &shared.worker_id)
         } else {
             let (pool, worker, model) =
                 (shared.pool.clone(), shared.worker_id.clone(), slot.clone());
             compute_thread
                 .run(move || guarded(&live, entries, &model, &pool, &worker))
                 .await
+                .unwrap_or_else(|| Err("the model's compute thread has stopped".to_owned()))
         };
         let replies = match outcome {
-            Some(Ok(replies)) => replies,
-            failed => {
-                let why = match failed {
-                    Some(Err(why)) => why,
-                    _ => "the model's compute thread has stopped".to_owned(),
-                };
+            Ok(replies) => replies,
+            Err(why) => {
                 tracing::error!(model = %slot.name, %why, "batch computation failed");
                 let err = ServiceError::internal(format!("computing the batch failed: {why}"));
                 callers
