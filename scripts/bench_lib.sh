@@ -15,12 +15,21 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url="nats://127.0.0.1:$port"
-nats-server -a 127.0.0.1 -p "$port" -sd "$dir/js" >/dev/null 2>&1 &
+# The server picks its own port and writes it to a file named after its pid: probing for a
+# free port first could hand the same port to two scripts run at once.
+nats-server -a 127.0.0.1 -p -1 -sd "$dir/js" --ports_file_dir "$dir" >/dev/null 2>&1 &
 npid=$!
 pids+=($npid)
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
+port=
+for _ in $(seq 200); do
+  ports="$dir/nats-server_$npid.ports"
+  [ -s "$ports" ] && port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nats"][0].rsplit(":", 1)[1])' "$ports" 2>/dev/null) &&
+    (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break
+  port=
+  sleep 0.05
+done
+[ -n "$port" ] || { echo "nats-server did not start" >&2; exit 1; }
+url="nats://127.0.0.1:$port"
 
 # wait_for_answer SUBJECT PAYLOAD: returns once a request to SUBJECT is answered (at most 10 s).
 wait_for_answer() {
