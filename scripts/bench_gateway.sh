@@ -8,8 +8,9 @@
 #   bash scripts/venv.sh
 #   bash scripts/bench_gateway.sh            # ROUNDS=3 SECONDS_PER_RUN=10 CONCURRENCY=64
 #
-# Everything listens on 127.0.0.1 only: its own nats-server (port 4299), one worker serving
-# models/linear.json, one gateway (8099) and the Flask app (5099). Needs nats-server and wrk.
+# Everything listens on 127.0.0.1 only: its own nats-server (scripts/bench_lib.sh: a port it
+# picks), one worker serving models/linear.json, one gateway (8099) and the Flask app (5099).
+# Needs nats-server and wrk.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,7 +22,6 @@ wrk_threads="${WRK_THREADS:-2}"
 flotilla="${FLOTILLA:-target/release/flotilla}"
 natsprobe="${NATSPROBE:-natsprobe}"
 python="${FLOTILLA_VENV:-.venv}/bin/python"
-nats_url="nats://127.0.0.1:4299"
 gateway="http://127.0.0.1:8099"
 flask="http://127.0.0.1:5099"
 
@@ -29,26 +29,16 @@ for tool in nats-server wrk curl "$flotilla" "$natsprobe" "$python"; do
     command -v "$tool" >/dev/null || { echo "bench_gateway.sh: $tool not found" >&2; exit 1; }
 done
 
-tmp="$(mktemp -d)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-nats-server -a 127.0.0.1 -p 4299 >"$tmp/nats.log" 2>&1 & pids+=($!)
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/4299) 2>/dev/null && break; sleep 0.1; done
-"$flotilla" worker --nats "$nats_url" --model linear=models/linear.json --metrics-addr "" \
-    >"$tmp/worker.log" 2>&1 & pids+=($!)
-"$flotilla" gateway --nats "$nats_url" --http 127.0.0.1:8099 --default-model linear --metrics-addr "" \
-    >"$tmp/gateway.log" 2>&1 & pids+=($!)
-"$python" scripts/seed_flask.py --model models/linear.json --port 5099 >"$tmp/flask.log" 2>&1 & pids+=($!)
+source scripts/bench_lib.sh
+"$flotilla" worker --nats "$url" --model linear=models/linear.json --metrics-addr "" \
+    >"$dir/worker.log" 2>&1 & pids+=($!)
+"$flotilla" gateway --nats "$url" --http 127.0.0.1:8099 --default-model linear --metrics-addr "" \
+    >"$dir/gateway.log" 2>&1 & pids+=($!)
+"$python" scripts/seed_flask.py --model models/linear.json --port 5099 >"$dir/flask.log" 2>&1 & pids+=($!)
 
 row="[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]"
-printf '{"inputs": [%s]}' "$row" >"$tmp/inputs.json"
-printf '{"x": %s}' "$row" >"$tmp/x.json"
+printf '{"inputs": [%s]}' "$row" >"$dir/inputs.json"
+printf '{"x": %s}' "$row" >"$dir/x.json"
 
 wait_for() { # URL BODY
     for _ in $(seq 200); do
@@ -57,14 +47,14 @@ wait_for() { # URL BODY
     done
     echo "bench_gateway.sh: $1 never answered" >&2; exit 1
 }
-wait_for "$gateway/models/linear/predict" "$tmp/inputs.json"
-wait_for "$gateway/predict" "$tmp/x.json"
-wait_for "$flask/predict" "$tmp/x.json"
+wait_for "$gateway/models/linear/predict" "$dir/inputs.json"
+wait_for "$gateway/predict" "$dir/x.json"
+wait_for "$flask/predict" "$dir/x.json"
 
 # One measurement: prints "<req/s> <p99 ms> <errors>".
 nats_run() {
     # The headers the gateway sends with this request, so both paths carry the same message.
-    "$natsprobe" --url "$nats_url" load --subject flotilla.predict.linear --payload "$tmp/inputs.json" \
+    "$natsprobe" --url "$url" load --subject flotilla.predict.linear --payload "$dir/inputs.json" \
         --header Content-Type:application/json --header Flotilla-Timeout-Ms:5000 \
         --concurrency "$concurrency" --seconds "$seconds" |
         "$python" -c 'import json,sys; r=json.loads(sys.stdin.readline()); print(round(r["rps"]), round(r["p99_us"]/1000, 2), r["error_replies"]+r["transport_errors"])'
@@ -82,14 +72,14 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 
 echo "round kind req/s p99_ms errors"
 for round in $(seq "$rounds"); do
-    echo "$round nats $(nats_run)" | tee -a "$tmp/results"
-    echo "$round http $(http_run "$gateway/models/linear/predict" "$tmp/inputs.json")" | tee -a "$tmp/results"
-    echo "$round gateway_predict $(http_run "$gateway/predict" "$tmp/x.json")" | tee -a "$tmp/results"
-    echo "$round flask $(http_run "$flask/predict" "$tmp/x.json")" | tee -a "$tmp/results"
+    echo "$round nats $(nats_run)" | tee -a "$dir/results"
+    echo "$round http $(http_run "$gateway/models/linear/predict" "$dir/inputs.json")" | tee -a "$dir/results"
+    echo "$round gateway_predict $(http_run "$gateway/predict" "$dir/x.json")" | tee -a "$dir/results"
+    echo "$round flask $(http_run "$flask/predict" "$dir/x.json")" | tee -a "$dir/results"
 done
 for kind in nats http gateway_predict flask; do
-    rps="$(awk -v k="$kind" '$2 == k { print $3 }' "$tmp/results" | median)"
-    p99="$(awk -v k="$kind" '$2 == k { print $4 }' "$tmp/results" | median)"
+    rps="$(awk -v k="$kind" '$2 == k { print $3 }' "$dir/results" | median)"
+    p99="$(awk -v k="$kind" '$2 == k { print $4 }' "$dir/results" | median)"
     echo "median $kind $rps req/s, p99 $p99 ms"
     eval "median_$kind=$rps"
 done

@@ -1,5 +1,6 @@
-# Shared by the benchmark scripts that measure a worker from outside with natsprobe
-# (bench_echo.sh, bench_memory.sh, bench_served_mlp.sh, profile_worker.sh); sourced, not run.
+# Shared by the benchmark scripts that start their own nats-server (bench_echo.sh,
+# bench_memory.sh, bench_served_mlp.sh, profile_worker.sh, bench_gateway.sh,
+# bench_served_text.sh); sourced, not run.
 #
 # Sets `root` (the repository), `dir` (a scratch directory), `url` (a throwaway nats-server
 # on a free loopback port, already accepting connections) and `npid` (its pid), and stops

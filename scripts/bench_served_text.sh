@@ -51,22 +51,8 @@ cd "$ROOT"
 [[ -x "$FLOTILLA" ]] || cargo build --release --locked -q
 command -v nats-server >/dev/null || { echo "nats-server is not on PATH" >&2; exit 1; }
 
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+source "$ROOT/scripts/bench_lib.sh"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-port=$(free_port)
-url="nats://127.0.0.1:$port"
-nats-server -a 127.0.0.1 -p "$port" >"$dir/nats.log" 2>&1 &
-nats_pid=$!
-pids+=("$nats_pid")
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
 
 mport=$(free_port)
 metrics="http://127.0.0.1:$mport"
@@ -90,7 +76,7 @@ memory loaded
 
 # One flotilla run: bench --json on a payload, plus the worker's metrics and CPU around it.
 flotilla_run() { # SCENARIO ROUND SECONDS
-  python3 - "$1" "$2" "$3" "$FLOTILLA" "$url" "$metrics" "$worker_pid" "$nats_pid" "$dir" "$THREADS" >>"$OUT" <<'PY'
+  python3 - "$1" "$2" "$3" "$FLOTILLA" "$url" "$metrics" "$worker_pid" "$npid" "$dir" "$THREADS" >>"$OUT" <<'PY'
 import json, os, re, subprocess, sys, urllib.request
 scenario, rnd, secs, flotilla, url, metrics, worker, nats, tmp, threads = sys.argv[1:]
 SENTENCES = [  # scripts/bench_embeddings.py's, in its order
