@@ -94,10 +94,9 @@ impl Live {
     /// The most rows a batch may have to be computed where it forms
     /// ([`flotilla_model::Model::inline_rows`]), whichever held version it goes to.
     pub fn inline_rows(&self) -> usize {
+        // `held` includes the current version and the canary.
         self.held
             .values()
-            .chain([&self.current])
-            .chain(self.canary.iter().map(|(v, _)| v))
             .map(|v| v.served.model.inline_rows())
             .min()
             .unwrap_or(0)
