@@ -1,7 +1,7 @@
 //! The broker's ceiling for flotilla's reply, as opposed to natsprobe's bare echo: sends one
 //! request to a running worker, then answers every request on its own subject with that
 //! reply: its body, and the headers a worker's reply carries (`Content-Type`,
-//! `Flotilla-Version`, `Flotilla-Worker`), built per reply as the worker builds them. It
+//! `Flotilla-Version`, `Flotilla-Worker`), serialized once as the worker does. It
 //! decodes nothing and computes nothing, so what it costs the broker and the caller is what
 //! the contract's reply costs them, apart from any work of the worker's.
 //!
@@ -16,6 +16,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use async_nats::HeaderBlock;
 use bytes::Bytes;
 use clap::Parser;
 use flotilla_proto::headers::VERSION_HEADER;
@@ -58,11 +59,11 @@ fn main() -> anyhow::Result<()> {
             let mut requests = client
                 .queue_subscribe(args.subject, "flotilla".into())
                 .await?;
+            let headers = HeaderBlock::new(&reply_headers(Encoding::Json, version, &worker));
             while let Some(request) = requests.next().await {
                 if let Some(reply) = request.reply {
-                    let headers = reply_headers(Encoding::Json, version, &worker);
                     client
-                        .publish_with_headers(reply, headers, body.clone())
+                        .publish_with_header_block(reply, headers.clone(), body.clone())
                         .await?;
                 }
             }

@@ -12,7 +12,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_nats::{HeaderMap, Subject};
+use async_nats::{HeaderBlock, HeaderMap, Subject};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
@@ -22,8 +22,8 @@ use crate::worker::Shared;
 use flotilla_model::{ComputeError, Computed, DataRef, Label};
 use flotilla_proto::headers::name;
 use flotilla_proto::{
-    error_reply, reply_headers, Encoding, ErrorKind, OutputsRef, PredictReply, PredictRequest,
-    ServiceError, ValuesRef, YPred,
+    error_reply, Encoding, ErrorKind, OutputsRef, PredictReply, PredictRequest, ServiceError,
+    ValuesRef, YPred,
 };
 
 /// An admitted request waiting for its batch.
@@ -34,10 +34,17 @@ pub struct Job {
     pub target: Target,
 }
 
+/// A reply's headers: a successful reply's come serialized from its [`Version`]; an error's
+/// are built where it is found and name the worker when published.
+pub enum Headers {
+    Ready(HeaderBlock),
+    Error(HeaderMap),
+}
+
 /// A reply ready to publish.
 pub struct Outgoing {
     pub reply: Subject,
-    pub headers: HeaderMap,
+    pub headers: Headers,
     pub payload: Bytes,
     pub code: u16,
     pub error: Option<String>,
@@ -57,7 +64,7 @@ impl Outgoing {
         let (headers, payload) = error_reply(encoding, err);
         Outgoing {
             reply,
-            headers,
+            headers: Headers::Error(headers),
             payload,
             code: err.kind.code(),
             error: Some(err.message.clone()),
@@ -170,12 +177,11 @@ async fn batch_loop(
         let live = slot.live.load_full();
         let inline = rows <= shared.settings.inline_compute_rows.min(live.inline_rows());
         let outcome = if inline {
-            guarded(&live, entries, &slot, &shared.pool, &shared.worker_id)
+            guarded(&live, entries, &slot, &shared.pool)
         } else {
-            let (pool, worker, model) =
-                (shared.pool.clone(), shared.worker_id.clone(), slot.clone());
+            let (pool, model) = (shared.pool.clone(), slot.clone());
             compute_thread
-                .run(move || guarded(&live, entries, &model, &pool, &worker))
+                .run(move || guarded(&live, entries, &model, &pool))
                 .await
                 .unwrap_or_else(|| Err("the model's compute thread has stopped".to_owned()))
         };
@@ -202,12 +208,9 @@ fn guarded(
     entries: Vec<Entry<Job>>,
     slot: &Slot,
     pool: &rayon::ThreadPool,
-    worker: &str,
 ) -> Result<Vec<Outgoing>, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| {
-        compute(live, entries, slot, pool, worker)
-    }))
-    .map_err(|panic| crate::panic_text(&*panic))
+    std::panic::catch_unwind(AssertUnwindSafe(|| compute(live, entries, slot, pool)))
+        .map_err(|panic| crate::panic_text(&*panic))
 }
 
 /// Runs one batch on the calling thread: each version's share of it in one pass,
@@ -217,7 +220,6 @@ fn compute(
     entries: Vec<Entry<Job>>,
     slot: &Slot,
     pool: &rayon::ThreadPool,
-    worker: &str,
 ) -> Vec<Outgoing> {
     let start = Instant::now();
     let mut replies = Vec::with_capacity(entries.len());
@@ -251,7 +253,7 @@ fn compute(
                 let mut offset = 0;
                 for entry in group {
                     let rows = entry.rows;
-                    replies.push(encode_reply(&version, entry, &computed, offset, worker));
+                    replies.push(encode_reply(&version, entry, &computed, offset));
                     offset += rows;
                 }
             }
@@ -261,7 +263,7 @@ fn compute(
                 for entry in group {
                     let alone = run(&version, std::slice::from_ref(&entry), pool);
                     replies.push(match alone {
-                        Ok(computed) => encode_reply(&version, entry, &computed, 0, worker),
+                        Ok(computed) => encode_reply(&version, entry, &computed, 0),
                         Err(err) => failed(&version, entry, &err),
                     });
                 }
@@ -318,7 +320,6 @@ fn encode_reply(
     entry: Entry<Job>,
     computed: &Computed,
     offset: usize,
-    worker: &str,
 ) -> Outgoing {
     let (job, received, rows) = (entry.item, entry.arrived, entry.rows);
     let served = &version.served;
@@ -371,7 +372,7 @@ fn encode_reply(
     match job.encoding.encode(&body) {
         Ok(payload) => Outgoing {
             reply: job.reply,
-            headers: reply_headers(job.encoding, served.version, worker),
+            headers: Headers::Ready(version.reply_headers(job.encoding)),
             payload,
             code: 200,
             error: None,
@@ -383,7 +384,7 @@ fn encode_reply(
 }
 
 /// Publishes one reply and accounts for it.
-pub async fn publish(shared: &Shared, slot: &Slot, mut out: Outgoing) {
+pub async fn publish(shared: &Shared, slot: &Slot, out: Outgoing) {
     match &out.version {
         Some(v) => v.count(out.code),
         None => slot.live.load().current.count(out.code),
@@ -392,13 +393,16 @@ pub async fn publish(shared: &Shared, slot: &Slot, mut out: Outgoing) {
     slot.request_duration.observe(elapsed.as_secs_f64());
     slot.stats
         .record(elapsed, out.error.as_deref().map(|m| (out.code, m)));
-    // A success's headers name the worker already; an error is built where it is found.
-    if out.error.is_some() {
-        out.headers.insert(name::WORKER, shared.worker_id.as_str());
-    }
+    let headers = match out.headers {
+        Headers::Ready(block) => block,
+        Headers::Error(mut map) => {
+            map.insert(name::WORKER, shared.worker_id.as_str());
+            HeaderBlock::new(&map)
+        }
+    };
     if let Err(e) = shared
         .client
-        .publish_with_headers(out.reply, out.headers, out.payload)
+        .publish_with_header_block(out.reply, headers, out.payload)
         .await
     {
         tracing::warn!(model = %slot.name, error = %e, "publishing a reply failed");

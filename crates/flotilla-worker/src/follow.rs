@@ -45,6 +45,7 @@ struct Loader {
     registry: Registry,
     trusted: Arc<Vec<VerifyingKey>>,
     metrics: Metrics,
+    worker_id: Arc<String>,
 }
 
 impl Loader {
@@ -116,6 +117,7 @@ impl Loader {
                 model: Arc::new(built),
             },
             &self.metrics,
+            &self.worker_id,
         )))
     }
 
@@ -218,6 +220,7 @@ impl Follower {
             registry,
             trusted,
             metrics: fleet.shared.metrics.clone(),
+            worker_id: fleet.shared.worker_id.clone(),
         };
         let mut follower = Follower {
             loader,

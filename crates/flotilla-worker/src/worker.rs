@@ -257,7 +257,7 @@ pub async fn run(
             }
             for served in models {
                 let name = served.name.clone();
-                let version = Arc::new(Version::new(served, &metrics));
+                let version = Arc::new(Version::new(served, &metrics, &worker_id));
                 fleet.add(&name, Live::single(version)).await?;
             }
             None

@@ -367,6 +367,24 @@ impl Client {
         Ok(())
     }
 
+    /// flotilla patch: publishes `payload` with a header block serialized beforehand, as
+    /// [`Client::publish_with_headers`] would send the [`HeaderMap`] it was built from.
+    pub async fn publish_with_header_block<S: ToSubject>(
+        &self,
+        subject: S,
+        headers: crate::HeaderBlock,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        self.sender
+            .send(Command::PublishBlock {
+                subject: subject.to_subject(),
+                headers,
+                payload,
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Publish a [Message] to a given subject, with specified response subject
     /// to which the subscriber can respond.
     /// This method does not await for the response.

@@ -503,6 +503,20 @@ impl Connection {
                 );
             }
 
+            ClientOp::PublishBlock {
+                subject,
+                payload,
+                headers,
+            } => {
+                let block = headers.bytes();
+                let headers_len = block.len();
+                let total_len = headers_len + payload.len();
+                small_write!("HPUB {subject} {headers_len} {total_len}\r\n");
+                self.write(Bytes::clone(block));
+                self.write(Bytes::clone(payload));
+                self.write("\r\n");
+                trace!(subject = %subject, payload_len = %payload.len(), "write operation: HPUB");
+            }
             ClientOp::Subscribe {
                 sid,
                 subject,

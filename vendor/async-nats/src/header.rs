@@ -235,6 +235,25 @@ impl HeaderMap {
     }
 }
 
+/// flotilla patch: a header block serialized once, for a service that sends the same headers
+/// on many messages (a worker's replies name the same version and worker for as long as that
+/// version serves). Publishing it with [`crate::Client::publish_with_header_block`] copies no
+/// header and allocates nothing per message, where a [`HeaderMap`] is built, hashed, serialized
+/// and freed for each one. Built only from a [`HeaderMap`], so it is always well-formed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderBlock(bytes::Bytes);
+
+impl HeaderBlock {
+    /// The block `headers` are sent as: `NATS/1.0`, one line per value, a blank line.
+    pub fn new(headers: &HeaderMap) -> HeaderBlock {
+        HeaderBlock(headers.to_bytes().into())
+    }
+
+    pub(crate) fn bytes(&self) -> &bytes::Bytes {
+        &self.0
+    }
+}
+
 /// Represents NATS header field value.
 ///
 /// # Examples

@@ -241,7 +241,7 @@ pub use tokio_rustls::rustls;
 
 use connection::{Connection, State};
 use connector::{Connector, ConnectorOptions};
-pub use header::{HeaderMap, HeaderName, HeaderValue};
+pub use header::{HeaderBlock, HeaderMap, HeaderName, HeaderValue};
 pub use subject::Subject;
 
 mod auth;
@@ -359,6 +359,12 @@ pub struct PublishMessage {
 #[derive(Debug)]
 pub(crate) enum Command {
     Publish(PublishMessage),
+    /// flotilla patch: a publish whose headers were serialized beforehand.
+    PublishBlock {
+        subject: Subject,
+        headers: header::HeaderBlock,
+        payload: Bytes,
+    },
     Request {
         subject: Subject,
         payload: Bytes,
@@ -393,6 +399,12 @@ pub(crate) enum ClientOp {
         payload: Bytes,
         respond: Option<Subject>,
         headers: Option<HeaderMap>,
+    },
+    /// flotilla patch: `HPUB` with a header block serialized beforehand.
+    PublishBlock {
+        subject: Subject,
+        payload: Bytes,
+        headers: header::HeaderBlock,
     },
     Subscribe {
         sid: u64,
@@ -1007,6 +1019,26 @@ impl ConnectionHandler {
                     subject,
                     payload,
                     respond,
+                    headers,
+                });
+            }
+
+            Command::PublishBlock {
+                subject,
+                headers,
+                payload,
+            } => {
+                self.connector
+                    .connect_stats
+                    .out_messages
+                    .add(1, Ordering::Relaxed);
+                self.connector.connect_stats.out_bytes.add(
+                    (payload.len() + subject.len() + headers.bytes().len()) as u64,
+                    Ordering::Relaxed,
+                );
+                self.connection.enqueue_write_op(&ClientOp::PublishBlock {
+                    subject,
+                    payload,
                     headers,
                 });
             }
