@@ -32,6 +32,8 @@ pub struct Job {
     pub encoding: Encoding,
     pub request: PredictRequest,
     pub target: Target,
+    /// The version the request was checked against at admission.
+    pub checked: u64,
 }
 
 /// A reply's headers: a successful reply's come serialized from its [`Version`]; an error's
@@ -226,10 +228,14 @@ fn compute(
     let mut groups: BTreeMap<u64, (Arc<Version>, Vec<Entry<Job>>)> = BTreeMap::new();
     for entry in entries {
         // A swap between admission and now can retire a pinned version or change what a
-        // request must look like: such requests are refused alone.
-        let resolved = live.resolve(entry.item.target, &slot.name).and_then(|v| {
-            crate::inputs::check(&entry.item.request, &v.served.model, &slot.name)
-                .map(|()| v.clone())
+        // request must look like: such requests are refused alone. A request served by the
+        // version it was checked against needs no second check.
+        let job = &entry.item;
+        let resolved = live.resolve(job.target, &slot.name).and_then(|v| {
+            if v.number() != job.checked {
+                crate::inputs::check(&job.request, &v.served.model, &slot.name)?;
+            }
+            Ok(v.clone())
         });
         match resolved {
             Ok(version) => groups
@@ -406,5 +412,73 @@ pub async fn publish(shared: &Shared, slot: &Slot, out: Outgoing) {
         .await
     {
         tracing::warn!(model = %slot.name, error = %e, "publishing a reply failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Tokens;
+    use crate::live::ServedModel;
+    use crate::metrics::Metrics;
+
+    /// A dense model of `inputs` features, served as version `number`.
+    fn version(number: u64, inputs: usize, metrics: &Metrics) -> Arc<Version> {
+        let weights = vec![vec![1.0]; inputs];
+        let artifact = serde_json::json!({
+            "format": "flotilla.model.v1", "inputs": inputs, "outputs": 1,
+            "layers": [{"weights": weights, "bias": [0.0], "activation": "identity"}]
+        });
+        let model = flotilla_model::Model::from_bytes(artifact.to_string().as_bytes()).unwrap();
+        Arc::new(Version::new(
+            ServedModel {
+                name: "m".into(),
+                version: number,
+                model: Arc::new(model),
+            },
+            metrics,
+            "w",
+        ))
+    }
+
+    fn entry(x: &[f64], checked: u64) -> Entry<Job> {
+        let body = serde_json::json!({ "x": x }).to_string();
+        Entry {
+            rows: 1,
+            tokens: Tokens::default(),
+            arrived: Instant::now(),
+            deadline: None,
+            item: Job {
+                reply: "reply".into(),
+                encoding: Encoding::Json,
+                request: PredictRequest::decode(Encoding::Json, body.as_bytes()).unwrap(),
+                target: Target::Current,
+                checked,
+            },
+        }
+    }
+
+    /// A request checked at admission against version 1 and computed after a swap to
+    /// version 2, which takes other inputs, is checked again and refused alone; a request
+    /// checked against version 2 is computed without a second check.
+    #[test]
+    fn a_swap_after_admission_rechecks_requests_checked_against_another_version() {
+        let metrics = Metrics::new();
+        let current = version(2, 3, &metrics);
+        let slot = Slot::new("m", Live::single(current), &metrics);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let entries = vec![entry(&[1.0, 2.0], 1), entry(&[1.0, 2.0, 3.0], 2)];
+        let replies = compute(&slot.live.load(), entries, &slot, &pool);
+        let codes: Vec<u16> = replies.iter().map(|r| r.code).collect();
+        assert_eq!(codes, [400, 200]);
+        let refused = replies[0].error.as_deref().unwrap();
+        assert_eq!(refused, "x has 2 features per row; model \"m\" expects 3");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&replies[1].payload).unwrap()["y_pred"],
+            serde_json::json!(6.0)
+        );
     }
 }

@@ -15,18 +15,38 @@ use flotilla_proto::{InputTensor, Inputs, PredictRequest, ServiceError, Values};
 /// Integers above this lose precision as f64 (the form JSON numbers are read in).
 const MAX_EXACT_INT: f64 = 9_007_199_254_740_992.0;
 
-/// The request's tensor for each model input, in the model's order, with what to call it
-/// in messages.
+/// A request's tensor for one model input, with what to call it in messages.
+type Pair<'r> = (Field<'r>, &'r InputTensor);
+
+/// [`paired`]'s answer: one pair held inline for the common one-input request, so checking
+/// and assembling it allocate nothing.
+enum Pairs<'r> {
+    One(Pair<'r>),
+    Many(Vec<Pair<'r>>),
+}
+
+impl<'r> std::ops::Deref for Pairs<'r> {
+    type Target = [Pair<'r>];
+
+    fn deref(&self) -> &[Pair<'r>] {
+        match self {
+            Pairs::One(pair) => std::slice::from_ref(pair),
+            Pairs::Many(pairs) => pairs,
+        }
+    }
+}
+
+/// The request's tensor for each model input, in the model's order.
 fn paired<'r>(
     request: &'r PredictRequest,
     signature: &Signature,
     name: &str,
-) -> Result<Vec<(Field<'r>, &'r InputTensor)>, ServiceError> {
+) -> Result<Pairs<'r>, ServiceError> {
     let specs = &signature.inputs;
     match &request.inputs {
         Inputs::Unnamed(t) if specs.len() == 1 => {
             let field = if request.single { "x" } else { "inputs" };
-            Ok(vec![(Field::Top(field), t)])
+            Ok(Pairs::One((Field::Top(field), t)))
         }
         Inputs::Unnamed(_) => Err(ServiceError::bad_request(format!(
             "model {name:?} has {} inputs ({}); send \"inputs\" as a map from input name to rows",
@@ -58,7 +78,8 @@ fn paired<'r>(
                             ))
                         })
                 })
-                .collect()
+                .collect::<Result<_, _>>()
+                .map(Pairs::Many)
         }
     }
 }
@@ -222,7 +243,7 @@ fn check_one(
 /// values to the input's dtype. Every request has been [`check`]ed against `model`.
 pub(crate) fn assemble(model: &Model, requests: &[&PredictRequest], rows: usize) -> Vec<Tensor> {
     let signature = model.signature();
-    let pairs: Vec<Vec<(Field<'_>, &InputTensor)>> = requests
+    let pairs: Vec<Pairs<'_>> = requests
         .iter()
         .map(|r| paired(r, signature, "").expect("checked at admission"))
         .collect();

@@ -150,7 +150,7 @@ fn enqueue(
     let headers = message.headers.as_ref();
     let encoding =
         Encoding::detect(headers, &message.payload).map_err(|err| (Encoding::Json, err))?;
-    let (request, options, target, tokens) =
+    let (request, options, target, checked, tokens) =
         check(settings, slot, headers, encoding, &message.payload, draw)
             .map_err(|err| (error_encoding(encoding, &message.payload), err))?;
     if tokens.total > queue.max_queue_tokens() {
@@ -180,6 +180,7 @@ fn enqueue(
             encoding,
             request,
             target,
+            checked,
         },
     };
     match queue.try_push(entry) {
@@ -206,7 +207,8 @@ fn enqueue(
     }
 }
 
-type Checked = (PredictRequest, RequestOptions, live::Target, Tokens);
+/// A request that may be queued, and the version number it was checked against.
+type Checked = (PredictRequest, RequestOptions, live::Target, u64, Tokens);
 
 fn check(
     settings: &Settings,
@@ -229,7 +231,7 @@ fn check(
             "Flotilla-Timeout-Ms is 0: no budget left to compute in",
         ));
     }
-    Ok((request, options, target, tokens))
+    Ok((request, options, target, version.number(), tokens))
 }
 
 /// What a request to a text model costs in tokens (nothing for other models). Tokenizing is
@@ -241,14 +243,10 @@ fn count_tokens(
     name: &str,
 ) -> Result<Tokens, ServiceError> {
     // Unnamed or by name (`{"inputs": {"input": [...]}}`): both forms are counted.
-    let texts = request
-        .inputs
-        .tensors()
-        .into_iter()
-        .find_map(|(_, t)| match &t.values {
-            Values::Text(texts) => Some(texts),
-            _ => None,
-        });
+    let texts = request.inputs.tensors().find_map(|(_, t)| match &t.values {
+        Values::Text(texts) => Some(texts),
+        _ => None,
+    });
     let Some(texts) = texts else {
         return Ok(Tokens::default());
     };

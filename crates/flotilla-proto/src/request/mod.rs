@@ -104,11 +104,14 @@ pub enum Inputs {
 
 impl Inputs {
     /// Every input, with its name when it has one.
-    pub fn tensors(&self) -> Vec<(Option<&str>, &InputTensor)> {
-        match self {
-            Inputs::Unnamed(t) => vec![(None, t)],
-            Inputs::Named(v) => v.iter().map(|(n, t)| (Some(n.as_str()), t)).collect(),
-        }
+    pub fn tensors(&self) -> impl Iterator<Item = (Option<&str>, &InputTensor)> {
+        let (unnamed, named) = match self {
+            Inputs::Unnamed(t) => (Some((None, t)), &[][..]),
+            Inputs::Named(v) => (None, v.as_slice()),
+        };
+        unnamed
+            .into_iter()
+            .chain(named.iter().map(|(n, t)| (Some(n.as_str()), t)))
     }
 }
 
@@ -133,19 +136,14 @@ impl PredictRequest {
     /// The form the reply's `outputs` take: a binary tensor when any input came as one
     /// (f64 only if every binary input was f64), else lists.
     pub fn reply_form(&self) -> Option<TensorDType> {
-        let binary: Vec<TensorDType> = self
-            .inputs
+        // f64 if every binary input is f64, f32 if any is not, None if none is binary.
+        self.inputs
             .tensors()
-            .iter()
             .filter_map(|(_, t)| t.binary)
-            .collect();
-        if binary.is_empty() {
-            None
-        } else if binary.iter().all(|&d| d == TensorDType::F64) {
-            Some(TensorDType::F64)
-        } else {
-            Some(TensorDType::F32)
-        }
+            .reduce(|form, d| match (form, d) {
+                (TensorDType::F64, TensorDType::F64) => TensorDType::F64,
+                _ => TensorDType::F32,
+            })
     }
 
     /// Decodes and checks a body: a map with `inputs` or `x`. Every refusal names the

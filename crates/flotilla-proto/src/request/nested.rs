@@ -72,9 +72,13 @@ impl<'a> Nest<'a> {
         first.at()
     }
 
+    /// Reserves room for the values once, before the first: from the list's length when the
+    /// format gives it (MessagePack: 8 values per row), else (JSON) from the body's size, as
+    /// a number and its separator take at least two bytes and typically four or more.
+    /// Bounded, so a large body still grows its buffer as values actually arrive.
     fn reserve_hint(&mut self, hint: Option<usize>) {
         if self.numbers.capacity() == 0 {
-            let hint = hint.unwrap_or(1).saturating_mul(8);
+            let hint = hint.map_or(self.limits.max_values / 4, |rows| rows.saturating_mul(8));
             self.numbers
                 .reserve(hint.min(self.limits.max_values).min(1 << 16));
         }
