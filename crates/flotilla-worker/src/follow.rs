@@ -38,6 +38,12 @@ use crate::worker::{Selection, ServedModels, WorkerError};
 /// The first wait before retrying a transient failure; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long one attempt to watch the manifests again may take. Creating the watch's consumer
+/// takes milliseconds on a healthy server; during a JetStream leader election the request is
+/// not answered at all, and async-nats would wait its full 10 s before the next attempt could
+/// start (docs/reliability.md, cluster). Abandoning it sooner lets the retry after the
+/// election succeed within a few seconds of it.
+const REWATCH_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// Loads versions for one model.
 #[derive(Clone)]
@@ -364,16 +370,17 @@ impl Follower {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
-            match self.loader.registry.watch().await {
-                Ok(w) => {
+            let attempt = tokio::time::timeout(REWATCH_ATTEMPT, self.loader.registry.watch());
+            let why = match attempt.await {
+                Ok(Ok(w)) => {
                     self.watch = w;
                     break;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "re-watching manifests failed");
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {REWATCH_ATTEMPT:?}"),
+            };
+            tracing::warn!(error = %why, retry_in = ?backoff, "re-watching manifests failed");
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         let mut names: Vec<String> = self.reconcilers.keys().cloned().collect();
         if self.selection == Selection::All {
