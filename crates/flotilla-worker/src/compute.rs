@@ -459,8 +459,8 @@ mod tests {
     }
 
     /// A request checked at admission against version 1 and computed after a swap to
-    /// version 2, which takes other inputs, is checked again and refused alone; a request
-    /// checked against version 2 is computed without a second check.
+    /// version 2, which takes other inputs, is checked again and refused alone; the request
+    /// beside it, checked against version 2, is computed.
     #[test]
     fn a_swap_after_admission_rechecks_requests_checked_against_another_version() {
         let metrics = Metrics::new();
