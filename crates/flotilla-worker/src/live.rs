@@ -30,9 +30,9 @@ const CODES: [u16; 7] = [200, 400, 409, 413, 500, 503, 504];
 pub struct Version {
     pub served: ServedModel,
     replies: [IntCounter; CODES.len()],
-    /// The headers of this version's successful replies from worker `worker`, serialized once
-    /// per encoding: the same for every reply, and building them per reply was 8% of a
-    /// worker's CPU on 1-row requests (BENCHMARKS.md, issue 9).
+    /// The headers of this version's successful replies (naming this worker), serialized
+    /// once per encoding: they are the same for every reply, and building them per reply was
+    /// 8% of a worker's CPU on 1-row requests (BENCHMARKS.md, issue 9).
     headers: [HeaderBlock; 2],
 }
 

@@ -237,9 +237,10 @@ impl HeaderMap {
 
 /// flotilla patch: a header block serialized once, for a service that sends the same headers
 /// on many messages (a worker's replies name the same version and worker for as long as that
-/// version serves). Publishing it with [`crate::Client::publish_with_header_block`] copies no
-/// header and allocates nothing per message, where a [`HeaderMap`] is built, hashed, serialized
-/// and freed for each one. Built only from a [`HeaderMap`], so it is always well-formed.
+/// version serves). Publishing it with [`crate::Client::publish_with_header_block`] builds no
+/// map and allocates nothing per message (its bytes are copied into the write buffer, as any
+/// header block is), where a [`HeaderMap`] is built, hashed, serialized and freed for each
+/// one. Built only from a [`HeaderMap`], so it is always well-formed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderBlock(bytes::Bytes);
 
