@@ -33,6 +33,8 @@ pub(crate) struct Nest<'a> {
     text: Option<bool>,
     /// The index at each depth of the value being read.
     path: Vec<usize>,
+    /// Room to reserve for `numbers` once the first value shows the rows are numbers.
+    planned: Option<usize>,
 }
 
 impl<'a> Nest<'a> {
@@ -46,6 +48,7 @@ impl<'a> Nest<'a> {
             leaf_depth: None,
             text: None,
             path: Vec::new(),
+            planned: None,
         }
     }
 
@@ -72,15 +75,15 @@ impl<'a> Nest<'a> {
         first.at()
     }
 
-    /// Reserves room for the values once, before the first: from the list's length when the
-    /// format gives it (MessagePack: 8 values per row), else (JSON) from the body's size, as
-    /// a number and its separator take at least two bytes and typically four or more.
-    /// Bounded, so a large body still grows its buffer as values actually arrive.
+    /// Plans the room to reserve for the values, once, before the first: from the list's
+    /// length when the format gives it (MessagePack: 8 values per row), else (JSON) from the
+    /// body's size, as a number and its separator take at least two bytes and typically four
+    /// or more. Bounded, so a large body still grows its buffer as values actually arrive.
+    /// Reserved at the first number, so rows of text reserve nothing.
     fn reserve_hint(&mut self, hint: Option<usize>) {
-        if self.numbers.capacity() == 0 {
+        if self.planned.is_none() && self.numbers.capacity() == 0 {
             let hint = hint.map_or(self.limits.max_values / 4, |rows| rows.saturating_mul(8));
-            self.numbers
-                .reserve(hint.min(self.limits.max_values).min(1 << 16));
+            self.planned = Some(hint.min(self.limits.max_values).min(1 << 16));
         }
     }
 
@@ -88,6 +91,9 @@ impl<'a> Nest<'a> {
         let depth = self.path.len();
         if self.leaf_depth != Some(depth) || self.text == Some(true) {
             self.first_leaf(depth, false)?;
+            if let Some(room) = self.planned.take() {
+                self.numbers.reserve(room);
+            }
         }
         if !v.is_finite() {
             return Err(E::custom(format!(
