@@ -419,27 +419,8 @@ pub async fn publish(shared: &Shared, slot: &Slot, out: Outgoing) {
 mod tests {
     use super::*;
     use crate::batch::Tokens;
-    use crate::live::ServedModel;
+    use crate::live::test_version;
     use crate::metrics::Metrics;
-
-    /// A dense model of `inputs` features, served as version `number`.
-    fn version(number: u64, inputs: usize, metrics: &Metrics) -> Arc<Version> {
-        let weights = vec![vec![1.0]; inputs];
-        let artifact = serde_json::json!({
-            "format": "flotilla.model.v1", "inputs": inputs, "outputs": 1,
-            "layers": [{"weights": weights, "bias": [0.0], "activation": "identity"}]
-        });
-        let model = flotilla_model::Model::from_bytes(artifact.to_string().as_bytes()).unwrap();
-        Arc::new(Version::new(
-            ServedModel {
-                name: "m".into(),
-                version: number,
-                model: Arc::new(model),
-            },
-            metrics,
-            "w",
-        ))
-    }
 
     fn entry(x: &[f64], checked: u64) -> Entry<Job> {
         let body = serde_json::json!({ "x": x }).to_string();
@@ -464,7 +445,7 @@ mod tests {
     #[test]
     fn a_swap_after_admission_rechecks_requests_checked_against_another_version() {
         let metrics = Metrics::new();
-        let current = version(2, 3, &metrics);
+        let current = test_version(2, 3);
         let slot = Slot::new("m", Live::single(current), &metrics);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)

@@ -206,25 +206,31 @@ impl Draws {
     }
 }
 
+/// Version `number` of model "m" on worker "w": a dense model summing its `inputs` features.
+#[cfg(test)]
+pub(crate) fn test_version(number: u64, inputs: usize) -> Arc<Version> {
+    let artifact = serde_json::json!({
+        "format": "flotilla.model.v1", "inputs": inputs, "outputs": 1,
+        "layers": [{"weights": vec![vec![1.0]; inputs], "bias": [0.0], "activation": "identity"}]
+    });
+    let model = Model::from_bytes(artifact.to_string().as_bytes()).unwrap();
+    Arc::new(Version::new(
+        ServedModel {
+            name: "m".into(),
+            version: number,
+            model: Arc::new(model),
+        },
+        &Metrics::new(),
+        "w",
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn version(n: u64) -> Arc<Version> {
-        let model = flotilla_model::Model::from_bytes(
-            br#"{"format": "flotilla.model.v1", "inputs": 1, "outputs": 1,
-                 "layers": [{"weights": [[1]], "bias": [0], "activation": "identity"}]}"#,
-        )
-        .unwrap();
-        Arc::new(Version::new(
-            ServedModel {
-                name: "m".into(),
-                version: n,
-                model: Arc::new(model),
-            },
-            &Metrics::new(),
-            "w",
-        ))
+        test_version(n, 1)
     }
 
     #[test]
